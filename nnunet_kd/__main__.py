@@ -1,0 +1,5 @@
+import sys
+
+from nnunet_kd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The one definition of BraTS conventions used everywhere in nnunet-kd.
+
+Canonical convention (nnU-Net's Dataset137):
+
+* channels ``_0000`` T1, ``_0001`` T1ce, ``_0002`` T2, ``_0003`` FLAIR;
+* labels background 0, edema (ED) 1, non-enhancing tumour core / necrosis (NCR) 2, enhancing tumour (ET) 3;
+* regions whole tumour WT = {1, 2, 3}, tumour core TC = {2, 3}, enhancing tumour ET = {3}, trained with
+  sigmoid outputs in the order of ``REGIONS_CLASS_ORDER``.
+
+Every BraTS release stores labels differently; :data:`CONVENTIONS` maps each to the canonical labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnunet_kd.errors import NnunetKDError
+
+#: Canonical modalities in channel order: index i is written as ``_000i``.
+MODALITIES: tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
+
+#: Accepted spellings (lower case) of each modality, from all BraTS releases and common usage.
+MODALITY_ALIASES: dict[str, str] = {
+    "t1": "T1", "t1n": "T1", "t1w": "T1", "native": "T1", "t1native": "T1",
+    "t1ce": "T1ce", "t1c": "T1ce", "t1gd": "T1ce", "t1-gd": "T1ce", "t1_gd": "T1ce", "t1post": "T1ce",
+    "t1contrast": "T1ce",
+    "t2": "T2", "t2w": "T2",
+    "flair": "FLAIR", "t2f": "FLAIR", "t2flair": "FLAIR", "t2-flair": "FLAIR", "t2_flair": "FLAIR",
+}
+
+#: Canonical label values.
+BACKGROUND, EDEMA, NECROSIS, ENHANCING = 0, 1, 2, 3
+LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", EDEMA: "edema", NECROSIS: "necrosis", ENHANCING: "enhancing"}
+
+#: The three BraTS evaluation regions as sets of canonical labels, in the order nnU-Net trains them.
+REGIONS: dict[str, tuple[int, ...]] = {
+    "whole_tumor": (EDEMA, NECROSIS, ENHANCING),
+    "tumor_core": (NECROSIS, ENHANCING),
+    "enhancing_tumor": (ENHANCING,),
+}
+#: Short names used in tables (WT, TC, ET) for the keys of :data:`REGIONS`.
+REGION_ABBREVIATIONS: dict[str, str] = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET"}
+#: nnU-Net's ``regions_class_order``: the label painted by each region output, later ones on top.
+REGIONS_CLASS_ORDER: tuple[int, ...] = (EDEMA, NECROSIS, ENHANCING)
+
+
+class UnknownModalityError(NnunetKDError):
+    """A modality name that is none of T1, T1ce, T2, FLAIR (or their aliases)."""
+
+
+def canonical_modality(name: str) -> str:
+    """Canonical name (``T1``, ``T1ce``, ``T2``, ``FLAIR``) of a modality spelled any known way."""
+    key = name.strip().lower().replace(" ", "")
+    if key in MODALITY_ALIASES:
+        return MODALITY_ALIASES[key]
+    valid = ", ".join(MODALITIES)
+    raise UnknownModalityError(f"unknown modality '{name}'; expected one of {valid} (or aliases such as t1c, t2f)")
+
+
+def parse_modality_list(text: str | Iterable[str]) -> tuple[str, ...]:
+    """Parse ``"FLAIR,T1ce"`` (or an iterable of names) into canonical names in ascending channel order."""
+    items = [t for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items:
+        raise UnknownModalityError("no modality given; expected a comma-separated list such as FLAIR,T1ce")
+    names = {canonical_modality(t) for t in items}
+    return tuple(m for m in MODALITIES if m in names)
+
+
+def channel_suffix(index: int) -> str:
+    """nnU-Net's file suffix of channel ``index`` (``_0001`` for 1)."""
+    return f"_{index:04d}"
+
+
+def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks of WT, TC and ET (keys of :data:`REGIONS`) of a canonical label map."""
+    return {name: np.isin(seg, labels) for name, labels in REGIONS.items()}
+
+
+def dataset_json_labels() -> dict[str, int | list[int]]:
+    """The ``labels`` entry of dataset.json for region-based training on WT/TC/ET."""
+    labels: dict[str, int | list[int]] = {"background": BACKGROUND}
+    for name, values in REGIONS.items():
+        labels[name] = list(values) if len(values) > 1 else values[0]
+    return labels
+
+
+def make_dataset_json(num_training: int, name: str, file_ending: str = ".nii.gz",
+                      description: str = "") -> dict:
+    """A complete Dataset137-style dataset.json (region labels, 4 channels)."""
+    return {
+        "channel_names": {str(i): m for i, m in enumerate(MODALITIES)},
+        "labels": dataset_json_labels(),
+        "regions_class_order": list(REGIONS_CLASS_ORDER),
+        "numTraining": int(num_training),
+        "file_ending": file_ending,
+        "name": name,
+        "description": description or "BraTS converted by nnunet-kd (Dataset137 convention)",
+        "reference": "https://www.synapse.org/brats",
+        "licence": "see the BraTS data use agreement",
+    }
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """How one BraTS release encodes labels, and its mapping to canonical labels."""
+
+    name: str
+    to_canonical: Mapping[int, int]
+    description: str
+
+    @property
+    def from_canonical(self) -> dict[int, int]:
+        return {c: r for r, c in self.to_canonical.items()}
+
+    @property
+    def allowed_values(self) -> tuple[int, ...]:
+        return tuple(sorted(self.to_canonical))
+
+    def to_canonical_array(self, seg: np.ndarray) -> np.ndarray:
+        """Map release labels to canonical labels; raises ValueError for values outside the convention."""
+        return _remap(seg, self.to_canonical, self.name)
+
+    def from_canonical_array(self, seg: np.ndarray) -> np.ndarray:
+        """Map canonical labels back to this release's values."""
+        return _remap(seg, self.from_canonical, "dataset137")
+
+
+def _remap(seg: np.ndarray, mapping: Mapping[int, int], convention: str) -> np.ndarray:
+    values = np.unique(seg)
+    unexpected = [int(v) for v in values if int(v) not in mapping or v != int(v)]
+    if unexpected:
+        raise ValueError(f"label value(s) {unexpected} not allowed in the {convention} convention "
+                         f"(allowed: {sorted(mapping)})")
+    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut[seg.astype(np.int64)]
+
+
+_LEGACY = {0: 0, 1: NECROSIS, 2: EDEMA, 4: ENHANCING}
+CONVENTIONS: dict[str, LabelConvention] = {
+    "dataset137": LabelConvention("dataset137", {0: 0, 1: 1, 2: 2, 3: 3}, "nnU-Net: ED 1, NCR 2, ET 3"),
+    "2018": LabelConvention("2018", _LEGACY, "BraTS 2018: NCR/NET 1, ED 2, ET 4"),
+    "2019": LabelConvention("2019", _LEGACY, "BraTS 2019: NCR/NET 1, ED 2, ET 4"),
+    "2020": LabelConvention("2020", _LEGACY, "BraTS 2020: NCR/NET 1, ED 2, ET 4"),
+    "2021": LabelConvention("2021", _LEGACY, "BraTS 2021: NCR 1, ED 2, ET 4"),
+    "2023": LabelConvention("2023", {0: 0, 1: NECROSIS, 2: EDEMA, 3: ENHANCING},
+                            "BraTS 2023 GLI: NETC 1, SNFH 2, ET 3"),
+    "msd": LabelConvention("msd", {0: 0, 1: EDEMA, 2: NECROSIS, 3: ENHANCING},
+                           "MSD Task01: edema 1, non-enhancing tumour 2, enhancing tumour 3"),
+}
+
+
+def get_convention(name: str) -> LabelConvention:
+    """The label convention called ``name`` (``dataset137``, ``2018`` … ``2023``, ``msd``)."""
+    key = str(name).lower()
+    if key not in CONVENTIONS:
+        raise NnunetKDError(f"unknown label convention '{name}'; expected one of {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[key]

@@ -1,0 +1,10 @@
+"""Subcommands of the ``nnunet-kd`` CLI, one module each.
+
+Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports
+(torch, nnU-Net) happen inside ``run`` so that ``nnunet-kd --help`` stays fast. Register a new subcommand by
+adding its module name to :data:`COMMAND_MODULES`.
+"""
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "ext_path",
+)
