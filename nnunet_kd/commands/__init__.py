@@ -7,4 +7,5 @@ adding its module name to :data:`COMMAND_MODULES`.
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ext_path",
+    "synth",
 )
