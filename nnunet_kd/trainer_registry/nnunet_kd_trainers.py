@@ -3,4 +3,17 @@
 Only imports here; the classes live in ``nnunet_kd.trainers``.
 """
 
+from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD  # noqa: F401
+from nnunet_kd.trainers.barlow_kd_variants import (  # noqa: F401
+    nnUNetTrainerBarlowKD_DetachTeacher,
+    nnUNetTrainerBarlowKD_Flair,
+    nnUNetTrainerBarlowKD_T1ce,
+    nnUNetTrainerBarlowKD_T1ceFlair,
+    nnUNetTrainerBarlowKD_T1ceT2,
+    nnUNetTrainerBarlowKD_T1ceT2Flair,
+    nnUNetTrainerBarlowKD_T1Flair,
+    nnUNetTrainerBarlowKD_T2Flair,
+    nnUNetTrainerStudentOnly,
+)
 from nnunet_kd.trainers.smoke import nnUNetTrainer_smoke  # noqa: F401
+from nnunet_kd.trainers.smoke_variants import nnUNetTrainerBarlowKD_smoke, nnUNetTrainerStudentOnly_smoke  # noqa: F401

@@ -1,0 +1,1 @@
+"""Standalone loss modules (no nnU-Net dependency)."""

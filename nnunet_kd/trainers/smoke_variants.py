@@ -1,0 +1,15 @@
+"""Tiny ``_smoke`` versions of the KD trainers for tests and the CPU demo (see :mod:`nnunet_kd.trainers.smoke`)."""
+
+from __future__ import annotations
+
+from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD
+from nnunet_kd.trainers.barlow_kd_variants import nnUNetTrainerStudentOnly
+from nnunet_kd.trainers.smoke import SmokeSchedule
+
+
+class nnUNetTrainerBarlowKD_smoke(SmokeSchedule, nnUNetTrainerBarlowKD):
+    pass
+
+
+class nnUNetTrainerStudentOnly_smoke(SmokeSchedule, nnUNetTrainerStudentOnly):
+    pass

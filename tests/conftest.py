@@ -1,0 +1,91 @@
+"""Shared fixtures: one tiny synthetic BraTS dataset, converted and preprocessed once per test session.
+
+``nnunet_env`` runs the real pipeline (``synth`` -> ``convert-brats`` -> ``nnUNetv2_plan_and_preprocess``) in a
+temporary nnU-Net folder tree and hands tests an :class:`NnunetEnv` to run ``nnUNetv2_*`` commands in it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+DATASET_ID = 517
+DATASET_NAME = "Dataset517_SynthBraTS"
+N_LABELED = 8
+N_UNLABELED = 2
+SHAPE = (40, 40, 40)
+
+
+def nnunet_subprocess_env(raw: Path, preprocessed: Path, results: Path) -> dict[str, str]:
+    """Environment for running nnU-Net commands fast and deterministically on this CPU."""
+    from nnunet_kd.paths import environment_with_trainers
+
+    env = environment_with_trainers()
+    env.update({
+        "nnUNet_raw": str(raw),
+        "nnUNet_preprocessed": str(preprocessed),
+        "nnUNet_results": str(results),
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "false",
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    return env
+
+
+@dataclass
+class NnunetEnv:
+    """A temporary nnU-Net folder tree holding one preprocessed synthetic dataset."""
+
+    root: Path
+    raw: Path
+    preprocessed: Path
+    results: Path
+    brats_source: Path
+    dataset_id: int = DATASET_ID
+    dataset_name: str = DATASET_NAME
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dataset_raw(self) -> Path:
+        return self.raw / self.dataset_name
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 900,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a command (e.g. ``nnUNetv2_train``) with this tree's environment; output captured as text."""
+        env = dict(self.env)
+        env.update(extra_env or {})
+        proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                                 f"{proc.stderr[-4000:]}")
+        return proc
+
+    def model_folder(self, trainer: str, plans: str = "nnUNetPlans", configuration: str = "3d_fullres") -> Path:
+        return self.results / self.dataset_name / f"{trainer}__{plans}__{configuration}"
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory: pytest.TempPathFactory) -> NnunetEnv:
+    from nnunet_kd.dataset_conversion.convert import convert_brats
+    from nnunet_kd.synthetic import write_brats_folder
+
+    root = tmp_path_factory.mktemp("nnunet")
+    raw, pre, res = root / "raw", root / "preprocessed", root / "results"
+    for p in (raw, pre, res):
+        p.mkdir()
+    source = root / "BraTS2021_synthetic"
+    write_brats_folder(source, N_LABELED, layout="2021", seed=1, shape=SHAPE, unlabeled=N_UNLABELED,
+                       progress=False)
+    convert_brats(source, DATASET_ID, name="SynthBraTS", raw_root=raw, progress=False)
+    tree = NnunetEnv(root, raw, pre, res, source, env=nnunet_subprocess_env(raw, pre, res))
+    tree.run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
+             "-np", "1", "-npfp", "1", "--verify_dataset_integrity",
+             extra_env={"nnUNet_n_proc_DA": "1"})  # the planner calls torch.set_num_threads(n_proc_DA)
+    return tree
