@@ -6,6 +6,8 @@ adding its module name to :data:`COMMAND_MODULES`.
 """
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "evaluate",
+    "report",
     "ext_path",
     "synth",
 )

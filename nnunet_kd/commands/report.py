@@ -1,0 +1,84 @@
+"""``nnunet-kd report``: comparison table and figures over several ``nnunet-kd evaluate`` outputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "report"
+HELP = "compare evaluated runs: Markdown/CSV table (ET/TC/WT Dice and HD95, mean ± std) and PNG figures"
+DESCRIPTION = (
+    "Each RUN is an output folder of `nnunet-kd evaluate`, optionally named NAME=PATH (default name: the\n"
+    "folder name). Writes into OUT: comparison.md / comparison.csv (rows = runs), dice_distribution.png and\n"
+    "hd95_distribution.png (per-region violin/box plots across cases), overlays/<run>.png (FLAIR slice with\n"
+    "reference and predicted contours of the best/median/worst case, needs --images), training_<name>.png\n"
+    "for each --training-log fold folder, and report.md tying them together."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folder, or NAME=PATH")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of input images CASE_0003.nii.gz (FLAIR) for overlays (e.g. imagesTr)")
+    parser.add_argument("--training-log", action="append", default=[], metavar="[NAME=]FOLD_DIR",
+                        help="nnU-Net fold folder (checkpoint_*.pth or training_log_*.txt) to plot; repeatable")
+
+
+def _build(tmp: Path, runs, images: Path | None, training_logs: list[tuple[str, Path]]) -> list[str]:
+    from nnunet_kd.reporting import plots, table
+
+    notes: list[str] = []
+    rows = table.compare_runs(runs)
+    md = table.table_markdown(rows)
+    lw_rows = table.compare_runs(runs, metrics=("lesion_dice", "lesion_hd95"))
+    lw_md = table.table_markdown(lw_rows, metrics=("lesion_dice", "lesion_hd95"))
+    (tmp / "comparison.md").write_text(md, encoding="utf-8")
+    (tmp / "comparison.csv").write_text(table.table_csv(rows), encoding="utf-8")
+    (tmp / "comparison_lesionwise.csv").write_text(table.table_csv(lw_rows), encoding="utf-8")
+    figures = [plots.distribution_plot(runs, tmp / "dice_distribution.png", "dice"),
+               plots.distribution_plot(runs, tmp / "hd95_distribution.png", "hd95")]
+    if images is None:
+        notes.append("overlays skipped: no --images folder given")
+    elif not images.is_dir():
+        notes.append(f"overlays skipped: --images folder {images} does not exist")
+    else:
+        for run in runs:
+            png, run_notes = plots.overlay_figure(run, images, tmp / "overlays" / f"{_safe(run.name)}.png")
+            notes.extend(run_notes)
+            if png is not None:
+                figures.append(png)
+    for name, fold in training_logs:
+        figures.append(plots.training_progress_plot(fold, tmp / f"training_{_safe(name)}.png",
+                                                    title=f"training progress: {name}"))
+    lines = ["# Model comparison", "", "Mean ± std over cases (HD95 in mm; best mean in bold).", "", md,
+             "## BraTS 2023 lesion-wise", "", lw_md, "## Runs", ""]
+    lines += [f"- **{r.name}**: {r.path.resolve()} ({len(r.rows)} cases, convention "
+              f"{r.summary.get('convention', '?')}, predictions {r.summary.get('pred_dir', '?')})" for r in runs]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(tmp).as_posix()})" for p in figures]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    (tmp / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return notes
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_kd.evaluation.evaluate import publish_folder
+    from nnunet_kd.reporting import table
+
+    runs = table.load_runs(args.runs)
+    training_logs = [table.parse_run_spec(spec) for spec in args.training_log]
+    notes: list[str] = []
+    out = publish_folder(args.output, lambda tmp: notes.extend(_build(tmp, runs, args.images, training_logs)))
+    print(table.table_markdown(table.compare_runs(runs)), end="")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote report to {out / 'report.md'}")
+    return 0
