@@ -12,7 +12,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class SmokeSchedule:
-    """2 epochs x 2 iterations, 1 validation iteration, no mirroring in validation/inference."""
+    """2 epochs x 2 iterations, 1 validation iteration, a checkpoint every epoch, no mirroring at inference."""
 
     smoke_epochs = 2
     smoke_iterations = 2
@@ -24,6 +24,7 @@ class SmokeSchedule:
         self.num_epochs = self.smoke_epochs
         self.num_iterations_per_epoch = self.smoke_iterations
         self.num_val_iterations_per_epoch = self.smoke_val_iterations
+        self.save_every = 1  # checkpoint_latest.pth after every epoch, so interrupted runs can resume (--c)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # type: ignore[misc]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD
-from nnunet_kd.trainers.barlow_kd_variants import nnUNetTrainerStudentOnly
+from nnunet_kd.trainers.barlow_kd_variants import nnUNetTrainerBarlowKD_T1Flair, nnUNetTrainerStudentOnly
 from nnunet_kd.trainers.smoke import SmokeSchedule
 
 
@@ -12,4 +12,8 @@ class nnUNetTrainerBarlowKD_smoke(SmokeSchedule, nnUNetTrainerBarlowKD):
 
 
 class nnUNetTrainerStudentOnly_smoke(SmokeSchedule, nnUNetTrainerStudentOnly):
+    pass
+
+
+class nnUNetTrainerBarlowKD_T1Flair_smoke(SmokeSchedule, nnUNetTrainerBarlowKD_T1Flair):
     pass

@@ -1,0 +1,201 @@
+"""nnUNetTrainerBarlowKD through nnU-Net's own commands on a tiny synthetic dataset (CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import BIN, NnunetEnv
+
+pytestmark = pytest.mark.slow
+
+KD = "nnUNetTrainerBarlowKD_smoke"
+STUDENT_FIRST_CONV = "encoder.stages.0.0.convs.0.conv.weight"
+
+
+def train(env: NnunetEnv, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", "0", "-tr", trainer,
+                   "-device", "cpu", *extra, check=check)
+
+
+def predict(env: NnunetEnv, images: Path, out: Path, trainer: str, check: bool = True) -> subprocess.CompletedProcess:
+    return env.run(str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", str(env.dataset_id),
+                   "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1",
+                   check=check)
+
+
+def copy_channels(env: NnunetEnv, dest: Path, suffixes: tuple[str, ...]) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    cases = sorted({p.name[: -len("_0000.nii.gz")] for p in (env.dataset_raw / "imagesTs").glob("*_0000.nii.gz")})
+    for case in cases:
+        for s in suffixes:
+            shutil.copy(env.dataset_raw / "imagesTs" / f"{case}{s}.nii.gz", dest)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def kd_run(nnunet_env: NnunetEnv) -> Path:
+    train(nnunet_env, KD)
+    return nnunet_env.model_folder(KD)
+
+
+def test_kd_training_writes_student_model_folder(kd_run: Path):
+    dataset_json = json.loads((kd_run / "dataset.json").read_text())
+    assert dataset_json["channel_names"] == {"0": "T1ce", "1": "FLAIR"}
+    assert dataset_json["nnunet_kd"]["student"]["file_suffixes"] == ["_0001", "_0003"]
+    plans = json.loads((kd_run / "plans.json").read_text())
+    assert plans["nnunet_kd"]["student"]["channel_indices"] == [1, 3]
+    fold = kd_run / "fold_0"
+    for name in ("checkpoint_final.pth", "progress.png", "progress_kd.png", "validation/summary.json"):
+        assert (fold / name).is_file(), name
+    assert not (fold / "checkpoint_latest.pth").exists()
+
+
+def test_checkpoint_holds_two_channel_student_and_four_channel_teacher(kd_run: Path):
+    ckpt = torch.load(kd_run / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == KD
+    assert ckpt["network_weights"][STUDENT_FIRST_CONV].shape[1] == 2
+    kd = ckpt["nnunet_kd"]
+    assert kd["kd_modules"][f"teacher.{STUDENT_FIRST_CONV}"].shape[1] == 4
+    assert any(k.startswith("student_projector.") for k in kd["kd_modules"])
+    assert len(kd["teacher_dataset_json"]["channel_names"]) == 4
+    logging = ckpt["logging"]
+    assert len(logging["teacher_mean_fg_dice"]) == len(logging["mean_fg_dice"]) == 2
+    assert all(v > 0 for v in logging["barlow_loss"])
+    # the optimizer steps teacher and projectors too: a second parameter group with momentum state
+    assert len(ckpt["optimizer_state"]["param_groups"]) == 2
+
+
+def test_final_validation_is_the_students_limited_modality_dice(kd_run: Path):
+    log = next((kd_run / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "shape torch.Size([2," in log  # validation cases reach the student with 2 channels
+    assert "Teacher pseudo dice" in log
+    summary = json.loads((kd_run / "fold_0" / "validation" / "summary.json").read_text())
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+
+
+def test_stock_predict_with_flair_and_t1ce_only(nnunet_env: NnunetEnv, kd_run: Path, tmp_path: Path):
+    images = tmp_path / "flair_t1ce"
+    cases = copy_channels(nnunet_env, images, ("_0001", "_0003"))
+    out = tmp_path / "pred"
+    predict(nnunet_env, images, out, KD)
+    for case in cases:
+        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        ref = sitk.ReadImage(str(images / f"{case}_0001.nii.gz"))
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3}
+        assert pred.GetSize() == ref.GetSize()
+        assert np.allclose(pred.GetSpacing(), ref.GetSpacing())
+        assert np.allclose(pred.GetOrigin(), ref.GetOrigin())
+        assert np.allclose(pred.GetDirection(), ref.GetDirection())
+
+
+def test_predict_with_four_files_gives_a_clear_error(nnunet_env: NnunetEnv, kd_run: Path, tmp_path: Path):
+    images = tmp_path / "all_four"
+    copy_channels(nnunet_env, images, ("_0000", "_0001", "_0002", "_0003"))
+    proc = predict(nnunet_env, images, tmp_path / "pred", KD, check=False)
+    assert proc.returncode != 0
+    assert "expects 2 input file(s) per case: T1ce (_0001), FLAIR (_0003); the case had 4" in proc.stderr
+    assert "IndexError" not in proc.stderr
+
+
+def test_validation_only_rerun(nnunet_env: NnunetEnv, kd_run: Path):
+    summary = kd_run / "fold_0" / "validation" / "summary.json"
+    summary.unlink()
+    train(nnunet_env, KD, "--val")
+    assert summary.is_file()
+
+
+def test_export_teacher_predicts_with_four_files(nnunet_env: NnunetEnv, kd_run: Path, tmp_path: Path):
+    proc = nnunet_env.run(str(BIN / "nnunet-kd"), "export-teacher", "-d", str(nnunet_env.dataset_id), "-tr", KD)
+    teacher_folder = nnunet_env.model_folder(f"{KD}_teacher")
+    assert str(teacher_folder) in proc.stdout
+    assert len(json.loads((teacher_folder / "dataset.json").read_text())["channel_names"]) == 4
+    images = tmp_path / "all_four"
+    cases = copy_channels(nnunet_env, images, ("_0000", "_0001", "_0002", "_0003"))
+    out = tmp_path / "pred"
+    predict(nnunet_env, images, out, f"{KD}_teacher")
+    assert all((out / f"{c}.nii.gz").is_file() for c in cases)
+    again = nnunet_env.run(str(BIN / "nnunet-kd"), "export-teacher", "-d", str(nnunet_env.dataset_id), "-tr", KD,
+                           check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_export_teacher_refuses_student_only_run(nnunet_env: NnunetEnv):
+    trainer = "nnUNetTrainerStudentOnly_smoke"
+    train(nnunet_env, trainer)
+    folder = nnunet_env.model_folder(trainer)
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert "nnunet_kd" not in ckpt
+    assert ckpt["network_weights"][STUDENT_FIRST_CONV].shape[1] == 2
+    assert json.loads((folder / "dataset.json").read_text())["channel_names"] == {"0": "T1ce", "1": "FLAIR"}
+    proc = nnunet_env.run(str(BIN / "nnunet-kd"), "export-teacher", str(folder), check=False)
+    assert proc.returncode == 2 and "holds no teacher" in proc.stderr
+
+
+def test_interrupted_run_resumes_with_continue(nnunet_env: NnunetEnv, tmp_path: Path):
+    trainer = "nnUNetTrainerBarlowKD_T1Flair_smoke"
+    log = tmp_path / "train.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(BIN / "nnUNetv2_train"), str(nnunet_env.dataset_id), "3d_fullres", "0", "-tr",
+                                 trainer, "-device", "cpu"], env=nnunet_env.env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 600
+        while "Epoch 1" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be interrupted:\n" + log.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    fold = nnunet_env.model_folder(trainer) / "fold_0"
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert latest["current_epoch"] == 1 and "nnunet_kd" in latest
+    assert not (fold / "checkpoint_final.pth").exists()
+
+    resumed = train(nnunet_env, trainer, "--c")
+    assert "Epoch 1" in resumed.stdout and "Epoch 0\n" not in resumed.stdout
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    assert len(final["logging"]["teacher_mean_fg_dice"]) == 2
+    assert json.loads((fold.parent / "dataset.json").read_text())["channel_names"] == {"0": "T1", "1": "FLAIR"}
+
+
+def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: NnunetEnv, monkeypatch):
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(key, nnunet_env.env[key])
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(str(nnunet_env.dataset_id), "3d_fullres", 0, "nnUNetTrainerBarlowKD_T1ceFlair",
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    patch = list(trainer.configuration_manager.patch_size)
+    torch.manual_seed(0)
+    data = torch.randn(2, 4, *patch)
+    targets = [(torch.rand(2, 3, *[int(round(p * s)) for p, s in zip(patch, scale)]) > 0.7).float()
+               for scale in trainer._get_deep_supervision_scales()]
+    seen = {}
+    trainer.network.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0].clone()))
+    teacher = trainer.kd_modules["teacher"]
+    teacher.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0].clone()))
+    watched = {"student": trainer.network.encoder.stages[0][0].convs[0].conv.weight,
+               "teacher": teacher.encoder.stages[0][0].convs[0].conv.weight,
+               "student_projector": trainer.kd_modules["student_projector"][0].weight,
+               "teacher_projector": trainer.kd_modules["teacher_projector"][0].weight}
+    before = {k: v.detach().clone() for k, v in watched.items()}
+
+    out = trainer.train_step({"data": data, "target": targets})
+
+    assert torch.equal(seen["student"], data[:, [1, 3]])
+    assert torch.equal(seen["teacher"], data)
+    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
+    expected = out["student_seg_loss"] + out["teacher_seg_loss"] + trainer.barlow_weight * out["barlow_loss"]
+    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
+    for name, param in watched.items():
+        assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
