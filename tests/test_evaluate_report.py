@@ -286,3 +286,16 @@ def test_console_script(data, tmp_path):
     proc = subprocess.run([str(exe), "evaluate", str(data["good"]), str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_select_cases_and_single_case_run(evaluated):
+    from nnunet_kd.reporting import plots, table
+
+    run = table.load_runs([f"x={evaluated['poor']}"])[0]
+    picks = plots.select_cases(run)
+    assert list(picks) == ["best", "median", "worst"]
+    mean_dice = {r["case"]: np.mean([r["ET_dice"], r["TC_dice"], r["WT_dice"]]) for r in run.rows}
+    assert picks["best"]["case"] == max(mean_dice, key=mean_dice.get)
+    assert picks["worst"]["case"] == min(mean_dice, key=mean_dice.get)
+    run.rows = run.rows[:1]
+    assert list(plots.select_cases(run)) == ["best/median/worst"]

@@ -70,11 +70,15 @@ def _safe(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nnunet_kd.errors import InputDataError
     from nnunet_kd.evaluation.evaluate import publish_folder
     from nnunet_kd.reporting import table
 
     runs = table.load_runs(args.runs)
     training_logs = [table.parse_run_spec(spec) for spec in args.training_log]
+    names = [name for name, _ in training_logs]
+    if len(set(names)) != len(names):
+        raise InputDataError(f"--training-log names {names} repeat; name them with NAME=FOLD_DIR")
     notes: list[str] = []
     out = publish_folder(args.output, lambda tmp: notes.extend(_build(tmp, runs, args.images, training_logs)))
     print(table.table_markdown(table.compare_runs(runs)), end="")

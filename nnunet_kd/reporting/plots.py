@@ -93,13 +93,19 @@ def distribution_plot(runs: Sequence[Run], out_path: str | os.PathLike, metric: 
 # ------------------------------------------------------------------------------------------------ overlays
 
 def select_cases(run: Run, regions: Sequence[str] = TABLE_REGIONS) -> dict[str, dict]:
-    """The ``best``, ``median`` and ``worst`` case rows of a run by their mean Dice over ``regions``."""
+    """The ``best``, ``median`` and ``worst`` case rows of a run by their mean Dice over ``regions``.
+
+    Labels of one case are joined (``"best/median"``) when a run has fewer than three cases."""
     scored = []
     for row in run.rows:
         vals = [float(row.get(f"{r}_dice", math.nan)) for r in regions]
         scored.append((float(np.nanmean(vals)) if any(math.isfinite(v) for v in vals) else -1.0, row["case"], row))
     scored.sort(key=lambda t: (-t[0], t[1]))
-    return {"best": scored[0][2], "median": scored[len(scored) // 2][2], "worst": scored[-1][2]}
+    picks: dict[str, tuple[list[str], dict]] = {}
+    for label, index in (("best", 0), ("median", len(scored) // 2), ("worst", len(scored) - 1)):
+        row = scored[index][2]
+        picks.setdefault(row["case"], ([], row))[0].append(label)
+    return {"/".join(labels): row for labels, row in picks.values()}
 
 
 def _read_float_image(path: Path) -> np.ndarray:
