@@ -100,30 +100,71 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         description = subset.describe() if subset is not None and len(subset.indices) == num_input_channels else None
         return attach_input_channel_check(network, num_input_channels, description)
 
+    # ------------------------------------------------------------------ extension hooks
+    @property
+    def use_barlow(self) -> bool:
+        return self.use_teacher and self.barlow_weight > 0
+
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of every named loss term of :meth:`train_step`; each term is logged per epoch under its name.
+
+        Subclasses adding a term extend this dict (and :meth:`distillation_terms`).
+        """
+        weights = {"student_seg_loss": 1.0}
+        if self.use_teacher:
+            weights["teacher_seg_loss"] = self.teacher_loss_weight
+        if self.use_barlow:
+            weights["barlow_loss"] = self.barlow_weight
+        return weights
+
     def _kd_log_keys(self) -> tuple[str, ...]:
-        if not self.use_teacher:
-            return ()
-        return ("student_seg_loss", "teacher_seg_loss", "barlow_loss", "teacher_mean_fg_dice",
-                "teacher_dice_per_class_or_region")
+        teacher_keys = ("teacher_mean_fg_dice", "teacher_dice_per_class_or_region") if self.use_teacher else ()
+        return tuple(self.loss_weights()) + teacher_keys
+
+    def build_teacher(self) -> nn.Module:
+        """The teacher network on all channels (trained from scratch here; other trainers may load one)."""
+        n_channels = len(self.full_dataset_json["channel_names"])
+        return self.build_network_architecture(self.plans_manager, self.configuration_manager, n_channels,
+                                               self.label_manager.num_segmentation_heads,
+                                               self.enable_deep_supervision)
+
+    def kd_trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters besides the student's that the optimizer updates (teacher and projectors)."""
+        return list(self.kd_modules.parameters())
+
+    def teacher_forward(self, data: torch.Tensor):
+        """Teacher outputs and bottleneck features for a full-channel batch."""
+        return self._forward(self.kd_modules["teacher"], data, "teacher")
+
+    def teacher_terms(self, teacher_out, target) -> dict[str, torch.Tensor]:
+        """Loss terms of the teacher itself: its deep-supervision segmentation loss."""
+        return {"teacher_seg_loss": self.loss(teacher_out, target)}
+
+    def distillation_terms(self, student_out, teacher_out, student_latent: torch.Tensor,
+                           teacher_latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms moving knowledge from teacher to student: Barlow Twins on the projected bottlenecks."""
+        if not self.use_barlow:
+            return {}
+        z_teacher = self.kd_modules["teacher_projector"](teacher_latent).float()
+        z_student = self.kd_modules["student_projector"](student_latent).float()
+        return {"barlow_loss": self.barlow_loss(z_teacher, z_student)}
 
     def initialize(self):
         super().initialize()
         self._capture_latent(self.network, "student")
         if self.use_teacher:
-            n_channels = len(self.full_dataset_json["channel_names"])
-            teacher = self.build_network_architecture(self.plans_manager, self.configuration_manager, n_channels,
-                                                      self.label_manager.num_segmentation_heads,
-                                                      self.enable_deep_supervision)
-            bottleneck = int(self.configuration_manager.network_arch_init_kwargs["features_per_stage"][-1])
-            spatial = len(self.configuration_manager.patch_size)
-            self.kd_modules = nn.ModuleDict({
-                "teacher": teacher,
-                "teacher_projector": make_projector(bottleneck, self.projector_dim, spatial),
-                "student_projector": make_projector(bottleneck, self.projector_dim, spatial),
-            }).to(self.device)
+            teacher = self.build_teacher()
+            modules = {"teacher": teacher}
+            if self.use_barlow:
+                bottleneck = int(self.configuration_manager.network_arch_init_kwargs["features_per_stage"][-1])
+                spatial = len(self.configuration_manager.patch_size)
+                modules["teacher_projector"] = make_projector(bottleneck, self.projector_dim, spatial)
+                modules["student_projector"] = make_projector(bottleneck, self.projector_dim, spatial)
+            self.kd_modules = nn.ModuleDict(modules).to(self.device)
             self._capture_latent(teacher, "teacher")
-            # the poly LR scheduler sets the learning rate of every parameter group
-            self.optimizer.add_param_group({"params": list(self.kd_modules.parameters())})
+            extra = self.kd_trainable_parameters()
+            if extra:  # the poly LR scheduler sets the learning rate of every parameter group
+                self.optimizer.add_param_group({"params": extra})
 
     def _capture_latent(self, network: nn.Module, key: str) -> None:
         def keep_bottleneck(_module, _inputs, skips):
@@ -160,22 +201,18 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
             target.to(self.device, non_blocking=True)
 
         self.optimizer.zero_grad(set_to_none=True)
-        parts: dict[str, float] = {}
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             student_out, student_latent = self._forward(self.network, self.student_input(data), "student")
-            loss = self.loss(student_out, target)
+            terms = {"student_seg_loss": self.loss(student_out, target)}
             if self.use_teacher:
-                teacher_out, teacher_latent = self._forward(self.kd_modules["teacher"], data, "teacher")
-                teacher_loss = self.loss(teacher_out, target)
-                z_teacher = self.kd_modules["teacher_projector"](teacher_latent)
-                z_student = self.kd_modules["student_projector"](student_latent)
-        if self.use_teacher:
-            barlow = self.barlow_loss(z_teacher.float(), z_student.float())  # fp32 statistics, outside autocast
-            parts = {"student_seg_loss": loss.item(), "teacher_seg_loss": teacher_loss.item(),
-                     "barlow_loss": barlow.item()}
-            loss = loss + self.teacher_loss_weight * teacher_loss + self.barlow_weight * barlow
+                teacher_out, teacher_latent = self.teacher_forward(data)
+                terms.update(self.teacher_terms(teacher_out, target))
+        if self.use_teacher:  # outside autocast: statistics of the distillation terms in fp32
+            terms.update(self.distillation_terms(student_out, teacher_out, student_latent, teacher_latent))
+        weights = self.loss_weights()
+        loss = sum(weights[name] * value for name, value in terms.items())
 
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # student + kd_trainable
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -186,14 +223,13 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 12)
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(), **parts}
+        return {"loss": loss.detach().cpu().numpy(), **{name: value.item() for name, value in terms.items()}}
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        if self.use_teacher:
-            collated = collate_outputs(train_outputs)
-            for key in ("student_seg_loss", "teacher_seg_loss", "barlow_loss"):
-                self.logger.log(key, float(np.mean(collated[key])), self.current_epoch)
+        collated = collate_outputs(train_outputs)
+        for key in self.loss_weights():
+            self.logger.log(key, float(np.mean(collated[key])), self.current_epoch)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict) -> dict:

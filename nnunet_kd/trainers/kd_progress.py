@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_kd_progress(logging: Mapping[str, list], png_path: str | os.PathLike) -> None:
-    """Plot nnU-Net's logger state of a KD run (keys ``mean_fg_dice``, ``teacher_mean_fg_dice``, loss terms)."""
-    n = min(len(logging.get(k, [])) for k in ("mean_fg_dice", "teacher_mean_fg_dice", "barlow_loss"))
+    """Plot nnU-Net's logger state of a KD run: student/teacher pseudo Dice and every ``*_loss`` term per epoch."""
+    n = min(len(logging.get(k, [])) for k in ("mean_fg_dice", "teacher_mean_fg_dice"))
     if n == 0:
         return
     epochs = list(range(n))
@@ -25,10 +25,10 @@ def plot_kd_progress(logging: Mapping[str, list], png_path: str | os.PathLike) -
     ax_dice.set_ylabel("pseudo Dice (validation patches)")
     ax_dice.set_ylim(0, 1)
     ax_dice.legend(loc="lower right")
-    for key, style in (("student_seg_loss", "g-"), ("teacher_seg_loss", "b-"), ("barlow_loss", "m-"),
-                       ("val_losses", "r--")):
+    loss_keys = sorted(k for k in logging if k.endswith("_loss")) + ["val_losses"]
+    for key in loss_keys:  # every named loss term of the trainer, plus nnU-Net's validation loss
         if len(logging.get(key, [])) >= n:
-            ax_loss.plot(epochs, logging[key][:n], style, label=key)
+            ax_loss.plot(epochs, logging[key][:n], "--" if key == "val_losses" else "-", label=key)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")
