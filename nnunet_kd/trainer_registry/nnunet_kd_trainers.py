@@ -3,6 +3,16 @@
 Only imports here; the classes live in ``nnunet_kd.trainers``.
 """
 
+from nnunet_kd.trainers.architectures import (  # noqa: F401
+    nnUNetTrainerCascadedUNet,
+    nnUNetTrainerCascadedUNet_smoke,
+    nnUNetTrainerResidualUNet,
+    nnUNetTrainerResidualUNet_smoke,
+    nnUNetTrainerResidualUNet_VAE,
+    nnUNetTrainerResidualUNet_VAE_smoke,
+    nnUNetTrainerUNet,
+    nnUNetTrainerUNet_smoke,
+)
 from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD  # noqa: F401
 from nnunet_kd.trainers.barlow_kd_variants import (  # noqa: F401
     nnUNetTrainerBarlowKD_DetachTeacher,

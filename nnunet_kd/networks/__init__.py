@@ -1,0 +1,10 @@
+"""Network architectures of nnunet-kd, built from nnU-Net plans (see :class:`~nnunet_kd.networks.common.UNetSpec`).
+
+Seed 001 (ensemble distillation) architectures:
+
+* :class:`~nnunet_kd.networks.unet.IsenseeUNet` - 3D U-Net after Isensee et al. 2018;
+* :class:`~nnunet_kd.networks.residual_unet.ResidualUNet` - after Myronenko 2018, optional VAE regulariser;
+* :class:`~nnunet_kd.networks.cascaded_unet.CascadedUNet` - per-modality encoders after Lachinov et al. 2019.
+
+Import the submodules directly; this package imports no torch at import time.
+"""

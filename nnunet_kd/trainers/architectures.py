@@ -1,0 +1,151 @@
+"""The seed-001 architectures as nnU-Net trainers: ``nnUNetTrainerUNet``, ``nnUNetTrainerResidualUNet``
+(``_VAE`` adds Myronenko's VAE regulariser) and ``nnUNetTrainerCascadedUNet``.
+
+Each trainer is stock ``nnUNetTrainer`` (data loading, augmentation, region-based Dice + BCE on WT/TC/ET from
+dataset.json, deep supervision, poly-LR SGD) with only ``build_network_architecture`` overridden; the network
+geometry comes from the plans (:meth:`~nnunet_kd.networks.common.UNetSpec.from_configuration`), so patch size,
+spacing and number of stages follow ``nnUNetv2_plan_and_preprocess``. ``nnUNetv2_predict`` rebuilds the network
+through the same method (with ``enable_deep_supervision=False``).
+
+The VAE variant also wraps the loss (:class:`AuxiliaryLoss`) so that the VAE loss the network leaves after each
+training forward pass is added to the segmentation loss; validation and inference never compute it.
+``*_smoke`` variants add :class:`~nnunet_kd.trainers.smoke.SmokeSchedule` for tests and CPU demos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_kd.networks.cascaded_unet import CascadedUNet
+from nnunet_kd.networks.common import UNetSpec
+from nnunet_kd.networks.residual_unet import ResidualUNet
+from nnunet_kd.networks.unet import IsenseeUNet
+from nnunet_kd.trainers.smoke import SmokeSchedule
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module inside nnU-Net's DDP / ``torch.compile`` wrappers."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+class AuxiliaryLoss(nn.Module):
+    """``loss(output, target) + aux()``: adds a loss the network computed during its forward pass.
+
+    ``aux`` returns a scalar tensor or None (nothing to add, e.g. in eval mode). The network is reached through
+    a callable, not stored as a submodule, so the loss holds no parameters.
+    """
+
+    def __init__(self, loss: nn.Module, aux: Callable[[], torch.Tensor | None]) -> None:
+        super().__init__()
+        self.loss = loss
+        self._aux = aux
+        self.aux_sum = 0.0
+        self.aux_count = 0
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        value = self.loss(*args, **kwargs)
+        extra = self._aux()
+        if extra is None:
+            return value
+        self.aux_sum += float(extra.detach())
+        self.aux_count += 1
+        return value + extra
+
+    def pop_mean(self) -> float | None:
+        """Mean auxiliary loss since the last call (None if none was added)."""
+        mean = self.aux_sum / self.aux_count if self.aux_count else None
+        self.aux_sum, self.aux_count = 0.0, 0
+        return mean
+
+
+class nnUNetTrainerUNet(nnUNetTrainer):
+    """3D U-Net after Isensee et al. 2018: InstanceNorm, LeakyReLU, trilinear upsampling in the decoder."""
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        spec = UNetSpec.from_configuration(configuration_manager)
+        return IsenseeUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
+
+
+class nnUNetTrainerResidualUNet(nnUNetTrainer):
+    """Residual U-Net after Myronenko 2018: GroupNorm, ReLU, encoder-heavy residual blocks.
+
+    ``use_vae`` (class attribute; True in :class:`nnUNetTrainerResidualUNet_VAE`) adds the VAE branch that
+    reconstructs the input from the bottleneck, weighted ``vae_l2_weight`` and ``vae_kl_weight`` (0.1 each, as
+    in the paper). It is a classmethod so that ``nnUNetv2_predict`` rebuilds the branch whose weights are in the
+    checkpoint; prediction never runs it.
+    """
+
+    use_vae: bool = False
+    vae_l2_weight: float = 0.1
+    vae_kl_weight: float = 0.1
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        spec = UNetSpec.from_configuration(configuration_manager)
+        return ResidualUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision,
+                            vae=cls.use_vae, vae_l2_weight=cls.vae_l2_weight, vae_kl_weight=cls.vae_kl_weight)
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        if not self.use_vae:
+            return loss
+        network = unwrap_network(self.network)
+        return AuxiliaryLoss(loss, network.pop_auxiliary_loss)
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        if isinstance(self.loss, AuxiliaryLoss):
+            mean = self.loss.pop_mean()
+            if mean is not None:
+                terms = unwrap_network(self.network).last_vae_terms
+                last = ", ".join(f"{k} {float(v):.4f}" for k, v in terms.items())
+                self.print_to_log_file(f"VAE loss (weighted, epoch mean): {np.round(mean, 4)}; last batch {last}")
+
+
+class nnUNetTrainerResidualUNet_VAE(nnUNetTrainerResidualUNet):
+    """Residual U-Net with Myronenko's VAE regulariser (L2 reconstruction + KL, 0.1 each)."""
+
+    use_vae = True
+
+
+class nnUNetTrainerCascadedUNet(nnUNetTrainer):
+    """Cascaded U-Net after Lachinov et al. 2019: one residual encoder per modality, shared residual decoder."""
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        spec = UNetSpec.from_configuration(configuration_manager)
+        return CascadedUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
+
+
+class nnUNetTrainerUNet_smoke(SmokeSchedule, nnUNetTrainerUNet):
+    """nnUNetTrainerUNet with the smoke schedule (tests, CPU demos)."""
+
+
+class nnUNetTrainerResidualUNet_smoke(SmokeSchedule, nnUNetTrainerResidualUNet):
+    """nnUNetTrainerResidualUNet with the smoke schedule (tests, CPU demos)."""
+
+
+class nnUNetTrainerResidualUNet_VAE_smoke(SmokeSchedule, nnUNetTrainerResidualUNet_VAE):
+    """nnUNetTrainerResidualUNet_VAE with the smoke schedule (tests, CPU demos)."""
+
+
+class nnUNetTrainerCascadedUNet_smoke(SmokeSchedule, nnUNetTrainerCascadedUNet):
+    """nnUNetTrainerCascadedUNet with the smoke schedule (tests, CPU demos)."""
