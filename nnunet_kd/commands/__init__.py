@@ -9,5 +9,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "report",
     "ext_path",
+    "convert_brats",
+    "export_brats",
+    "select_modalities",
     "synth",
 )

@@ -1,0 +1,187 @@
+"""Shared mechanics of the conversion commands: careful NIfTI reading, staged output folders, worker pools.
+
+Private to :mod:`nnunet_kd.dataset_conversion`; the public functions live in ``convert``, ``export`` and
+``select``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_kd.errors import InputDataError, NnunetKDError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Geometry tolerances between the files of one case (mm for origin; direction cosines are unit-less).
+ORIGIN_ATOL = 1e-2
+DIRECTION_ATOL = 1e-4
+
+
+def one_line(error: BaseException) -> str:
+    """A one-line description of ``error`` (SimpleITK messages span several lines; keep the informative one)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    for prefix in ("sitk::ERROR:", "ERROR:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    return text
+
+
+def _nifti_data_end(path: Path) -> int:
+    """Byte offset where the voxel data of a NIfTI file end (header offset + voxel bytes), from its header."""
+    import nibabel as nib
+
+    proxy = nib.load(str(path)).dataobj  # the image's header copy reports offset 0; its data proxy knows
+    return int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+
+
+def _gzip_length(path: Path) -> int:
+    """Decompressed length of a gzip file; raises ValueError when the stream is truncated or corrupt."""
+    total = 0
+    with open(path, "rb") as f:
+        while True:
+            dec = zlib.decompressobj(31)
+            while not dec.eof:
+                chunk = dec.unconsumed_tail or f.read(1 << 16)
+                if not chunk:
+                    raise ValueError("compressed data end early (truncated file)")
+                total += len(dec.decompress(chunk, 1 << 24))
+            rest = dec.unused_data + f.read(1)
+            if not rest.strip(b"\0"):
+                return total
+            f.seek(-len(rest), os.SEEK_CUR)  # another gzip member follows
+
+
+def check_complete(path: Path) -> None:
+    """Raise ValueError when a NIfTI file is shorter than its header says (SimpleITK reads such files silently)."""
+    end = _nifti_data_end(path)
+    size = _gzip_length(path) if path.name.endswith(".gz") else path.stat().st_size
+    if size < end:
+        raise ValueError(f"file holds {size} bytes of data, its header needs {end} (truncated file)")
+
+
+def read_image(path: Path, case_id: str, role: str) -> sitk.Image:
+    """Read a NIfTI file fully and check it is complete; any failure is one :class:`InputDataError` line."""
+    if not path.is_file():
+        raise InputDataError(f"case {case_id}: missing {role} file {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+        check_complete(path)
+    except Exception as e:  # SimpleITK, nibabel, zlib and OS errors alike
+        raise InputDataError(f"case {case_id}: cannot read {role} file {path}: {one_line(e)}") from None
+    return image
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write ``image`` compressed (``.nii.gz``)."""
+    sitk.WriteImage(image, str(path), True)
+
+
+def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
+    """How the voxel grids of ``a`` and ``b`` differ (shape, spacing, origin, direction), or None if they agree."""
+    if a.GetSize() != b.GetSize():
+        return f"shape {_shape(b)} differs from {_shape(a)}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing()):  # nnU-Net's own tolerance
+        return f"spacing {_fmt(b.GetSpacing())} differs from {_fmt(a.GetSpacing())}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=ORIGIN_ATOL):
+        return f"origin {_fmt(b.GetOrigin())} differs from {_fmt(a.GetOrigin())}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
+        return f"direction {_fmt(b.GetDirection())} differs from {_fmt(a.GetDirection())}"
+    return None
+
+
+def _shape(image: sitk.Image) -> str:
+    """Shape as nnU-Net and numpy show it (z, y, x)."""
+    return "x".join(str(s) for s in reversed(image.GetSize()))
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+# ------------------------------------------------------------------------------------------ staged folders
+def temp_sibling(target: Path, tag: str) -> Path:
+    """A hidden folder name next to ``target`` for building it (``.NAME.tmp-<pid>``)."""
+    return target.parent / f".{target.name}.{tag}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, replace: Iterable[Path] = ()) -> Iterator[Path]:
+    """Build ``target`` in a temporary sibling folder and move it into place only if the block succeeds.
+
+    Folders in ``replace`` (existing outputs being overwritten) are removed only after the new folder is
+    complete. On any error, including KeyboardInterrupt, the temporary folder is deleted and nothing else
+    changes.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target, "tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for old in replace:
+                aside = temp_sibling(old, "old")
+                os.replace(old, aside)
+                moved.append((old, aside))
+            os.replace(tmp, target)
+        except BaseException:
+            for old, aside in reversed(moved):
+                os.replace(aside, old)
+            raise
+        for _, aside in moved:
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def require_new_folder(out: Path, what: str) -> None:
+    """Refuse an output folder that exists and is not empty (or is a file)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NnunetKDError(f"{what} {out} already exists and is not empty; choose another folder or remove it")
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def _call(job: tuple[Callable[..., R], tuple[Any, ...]]) -> R:
+    fn, args = job
+    return fn(*args)
+
+
+def run_jobs(fn: Callable[..., R], jobs: Sequence[tuple[Any, ...]], num_processes: int, progress: bool,
+             desc: str) -> list[R]:
+    """``[fn(*args) for args in jobs]`` in a spawn pool of ``num_processes`` workers with a tqdm bar.
+
+    ``fn`` must be a module-level function that raises :class:`NnunetKDError` (one line) for bad input; the
+    first such error stops the pool and is re-raised here. Results come back in job order.
+    """
+    from tqdm import tqdm
+
+    if num_processes < 1:
+        raise NnunetKDError(f"--num-processes must be at least 1, got {num_processes}")
+    results: list[R] = []
+    with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress) as bar:
+        if num_processes == 1 or len(jobs) <= 1:
+            for args in jobs:
+                results.append(fn(*args))
+                bar.update()
+            return results
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(num_processes, len(jobs))) as pool:
+            for result in pool.imap(_call, [(fn, args) for args in jobs]):
+                results.append(result)
+                bar.update()
+    return results

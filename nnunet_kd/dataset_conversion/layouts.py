@@ -1,0 +1,324 @@
+"""Recognise a BraTS release layout and list its cases (pure: reads folder listings, writes nothing).
+
+Public API: :class:`BratsCase`, :data:`LAYOUTS`, :func:`detect_layout`, :func:`list_cases`.
+
+Recognised layouts (file names are matched case-sensitively; ``.nii`` is accepted wherever ``.nii.gz`` is):
+
+``2018`` / ``2019``
+    ``HGG/`` and/or ``LGG/`` sub-folders holding case folders ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``,
+    or case folders ``Brats18_*`` / ``BraTS19_*`` directly (validation data). Labels NCR/NET 1, ED 2, ET 4.
+    Rule telling the two apart (they share a label convention, so only the recorded name differs): case folders
+    named ``Brats18_*`` mean 2018, ``BraTS19_*`` mean 2019 (case-insensitive); otherwise the release folder's
+    name containing ``2018`` means 2018, anything else 2019.
+``2020``
+    Case folders ``BraTS20_{Training,Validation,Testing}_XXX`` (usually inside ``MICCAI_BraTS2020_TrainingData``)
+    with ``<case>_{t1,t1ce,t2,flair,seg}.nii[.gz]``; ``name_mapping.csv`` / ``survival_info.csv`` are ignored.
+    Case 355's segmentation is misnamed ``W39_1998.09.19_Segm.nii``; the rule below finds it.
+``2021``
+    Case folders ``BraTS2021_XXXXX`` with ``<case>_{t1,t1ce,t2,flair,seg}.nii.gz``. Labels NCR 1, ED 2, ET 4.
+``2023``
+    BraTS 2023 glioma (GLI): case folders ``BraTS-GLI-XXXXX-XXX`` with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
+    Labels NETC 1, SNFH 2, ET 3.
+``msd``
+    Medical Segmentation Decathlon Task01_BrainTumour: ``imagesTr/BRATS_XXX.nii.gz`` (one 4D file per case),
+    ``labelsTr/BRATS_XXX.nii.gz`` (edema 1, non-enhancing 2, enhancing 3) and ``imagesTs/`` without labels.
+    The 4D channel order is taken from the release's ``dataset.json`` ``modality`` entry when present, else
+    FLAIR, T1w, t1gd, T2w. macOS ``._*`` files are ignored.
+
+``SRC`` may be the release folder itself or its parent: when ``SRC`` holds no cases directly, every immediate
+sub-folder that is a release is used and their cases are merged (e.g. a folder holding
+``MICCAI_BraTS2020_TrainingData`` and ``MICCAI_BraTS2020_ValidationData``). All releases found that way must
+have the same layout; case identifiers must be unique. Hidden entries (names starting with ``.``) are ignored
+everywhere. In case-folder layouts, when ``<case>_seg`` is missing, the one other NIfTI file of the case folder
+whose name contains ``seg`` (case-insensitive) is the segmentation (several such files are an error). A case
+without a segmentation is a test case (written to ``imagesTs``). The case id written is the case folder's name
+(MSD: the file name without ending).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnunet_kd.brats import MODALITIES, UnknownModalityError, canonical_modality
+from nnunet_kd.errors import InputDataError, NnunetKDError
+
+#: Layout names accepted by :func:`list_cases` (besides ``"auto"``), each also a key of ``brats.CONVENTIONS``.
+LAYOUTS: tuple[str, ...] = ("2018", "2019", "2020", "2021", "2023", "msd")
+
+_NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+#: Per case-folder layout: regex of a case folder name, separator and file suffix of each modality and seg.
+_FOLDER_LAYOUTS: dict[str, tuple[re.Pattern[str], str, dict[str, str]]] = {
+    "legacy": (re.compile(r"(?i)brats(18|19)_.+"), "_",
+               {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"}),
+    "2020": (re.compile(r"BraTS20_(Training|Validation|Testing)_\d+"), "_",
+             {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"}),
+    "2021": (re.compile(r"BraTS2021_\d+"), "_",
+             {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"}),
+    "2023": (re.compile(r"BraTS-GLI-\d+-\d+"), "-",
+             {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f", "seg": "seg"}),
+}
+_GRADE_FOLDERS = ("HGG", "LGG")
+_MSD_CASE = re.compile(r"BRATS_\d+")
+#: MSD Task01 channel order of the 4D images when its dataset.json does not say otherwise.
+MSD_DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1", "T1ce", "T2")
+
+
+@dataclass(frozen=True)
+class BratsCase:
+    """One case of a BraTS release, ready to be written in the Dataset137 convention.
+
+    ``images`` maps each canonical modality to its file; for MSD all four map to the same 4D file and
+    ``channel_index`` gives each modality's index along the 4th dimension (empty for 3D files).
+    """
+
+    case_id: str
+    images: dict[str, Path]
+    seg: Path | None
+    convention: str
+    channel_index: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def is_4d(self) -> bool:
+        """True when all modalities live in one 4D file (MSD)."""
+        return bool(self.channel_index)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _visible(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise InputDataError(f"cannot list folder {folder}: {e.strerror or e}") from None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder) if p.is_dir()]
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(_NIFTI_ENDINGS) and not path.name.startswith(".")
+
+
+def _strip_nifti(name: str) -> str:
+    for ending in _NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def _msd_images(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder) if p.is_file() and _is_nifti(p) and _MSD_CASE.fullmatch(_strip_nifti(p.name))]
+
+
+def _kinds_in(folder: Path) -> set[str]:
+    """Layout kinds (``legacy``, ``2020``, ``2021``, ``2023``, ``msd``) whose cases sit directly in ``folder``."""
+    kinds: set[str] = set()
+    subdirs = _subdirs(folder)
+    names = {p.name for p in subdirs}
+    if any(g in names for g in _GRADE_FOLDERS):
+        kinds.add("legacy")
+    for p in subdirs:
+        for kind, (pattern, _, _) in _FOLDER_LAYOUTS.items():
+            if pattern.fullmatch(p.name):
+                kinds.add(kind)
+    if any(n in names and _msd_images(folder / n) for n in ("imagesTr", "imagesTs")):
+        kinds.add("msd")
+    return kinds
+
+
+def _kind(layout: str) -> str:
+    return "legacy" if layout in ("2018", "2019") else layout
+
+
+def _releases(src: Path, layout: str) -> tuple[str, list[Path]]:
+    """The layout kind and the release folders to read for ``src`` (itself, or release sub-folders)."""
+    if not src.exists():
+        raise NnunetKDError(f"source folder {src} does not exist")
+    if not src.is_dir():
+        raise NnunetKDError(f"source {src} is not a folder; pass a BraTS release folder or its parent")
+    wanted = None if layout == "auto" else _kind(layout)
+    own = _kinds_in(src)
+    if wanted is not None:
+        own &= {wanted}
+    if len(own) > 1:
+        raise NnunetKDError(f"{src} mixes cases of several layouts ({', '.join(sorted(own))}); "
+                            f"pass --layout or separate them")
+    if own:
+        return own.pop(), [src]
+    found: dict[Path, str] = {}
+    for sub in _subdirs(src):
+        kinds = _kinds_in(sub)
+        if wanted is not None:
+            kinds &= {wanted}
+        if len(kinds) > 1:
+            raise NnunetKDError(f"{sub} mixes cases of several layouts ({', '.join(sorted(kinds))}); "
+                                f"pass --layout or separate them")
+        if kinds:
+            found[sub] = kinds.pop()
+    if not found:
+        what = f"BraTS {layout} cases" if wanted else "BraTS release"
+        raise NnunetKDError(
+            f"no {what} found in {src} (nor in its sub-folders); expected case folders such as "
+            f"BraTS2021_00000/, BraTS-GLI-00000-000/, BraTS20_Training_001/, HGG/ and LGG/ folders, or an MSD "
+            f"Task01_BrainTumour folder with imagesTr/")
+    kinds = sorted(set(found.values()))
+    if len(kinds) > 1:
+        listing = ", ".join(f"{p.name} ({k})" for p, k in found.items())
+        raise NnunetKDError(f"{src} holds releases of different layouts: {listing}; pass one of them as SRC")
+    return kinds[0], sorted(found)
+
+
+def _legacy_year(releases: list[Path]) -> str:
+    """2018 or 2019, by the documented rule (case-folder prefix, else release folder name)."""
+    years: set[str] = set()
+    for release in releases:
+        for folder in _legacy_case_folders(release):
+            m = _FOLDER_LAYOUTS["legacy"][0].fullmatch(folder.name)
+            if m:
+                years.add("20" + m.group(1))
+    if len(years) == 1:
+        return years.pop()
+    if not years and any("2018" in r.name for r in releases):
+        return "2018"
+    return "2019"
+
+
+def _legacy_case_folders(release: Path) -> list[Path]:
+    folders = []
+    for grade in _GRADE_FOLDERS:
+        if (release / grade).is_dir():
+            folders.extend(_subdirs(release / grade))
+    pattern = _FOLDER_LAYOUTS["legacy"][0]
+    folders.extend(p for p in _subdirs(release) if pattern.fullmatch(p.name))
+    return folders
+
+
+def _case_folders(kind: str, release: Path) -> list[Path]:
+    if kind == "legacy":
+        return _legacy_case_folders(release)
+    pattern = _FOLDER_LAYOUTS[kind][0]
+    return [p for p in _subdirs(release) if pattern.fullmatch(p.name)]
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for ending in _NIFTI_ENDINGS:
+        candidate = folder / f"{stem}{ending}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _folder_case(kind: str, folder: Path, convention: str) -> BratsCase:
+    _, sep, suffixes = _FOLDER_LAYOUTS[kind]
+    case_id = folder.name
+    images: dict[str, Path] = {}
+    for modality in MODALITIES:
+        stem = f"{case_id}{sep}{suffixes[modality]}"
+        found = _find_file(folder, stem)
+        if found is None:
+            raise InputDataError(f"case {case_id}: missing {modality} file {folder / stem}.nii.gz (or .nii)")
+        images[modality] = found
+    seg = _find_file(folder, f"{case_id}{sep}{suffixes['seg']}")
+    if seg is None:
+        used = set(images.values())
+        candidates = [p for p in _visible(folder)
+                      if p.is_file() and _is_nifti(p) and p not in used and "seg" in p.name.lower()]
+        if len(candidates) > 1:
+            raise InputDataError(f"case {case_id}: several possible segmentation files in {folder}: "
+                                 f"{', '.join(p.name for p in candidates)}")
+        seg = candidates[0] if candidates else None
+    return BratsCase(case_id, images, seg, convention)
+
+
+def _msd_channel_order(release: Path) -> dict[str, int]:
+    path = release / "dataset.json"
+    if not path.is_file():
+        return {m: i for i, m in enumerate(MSD_DEFAULT_CHANNELS)}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputDataError(f"cannot read MSD dataset.json {path}: {e}") from None
+    modality = meta.get("modality") or meta.get("channel_names") if isinstance(meta, dict) else None
+    if not modality:
+        return {m: i for i, m in enumerate(MSD_DEFAULT_CHANNELS)}
+    try:
+        order = {canonical_modality(str(name)): int(index) for index, name in modality.items()}
+    except (UnknownModalityError, ValueError, AttributeError) as e:
+        raise InputDataError(f"MSD dataset.json {path}: cannot read its 'modality' entry: {e}") from None
+    if sorted(order) != sorted(MODALITIES) or sorted(order.values()) != list(range(len(MODALITIES))):
+        raise InputDataError(f"MSD dataset.json {path}: 'modality' must name T1, T1ce, T2 and FLAIR once each "
+                             f"as channels 0-3, got {modality}")
+    return order
+
+
+def _msd_cases(release: Path) -> list[BratsCase]:
+    channels = _msd_channel_order(release)
+    cases: list[BratsCase] = []
+    labels_dir = release / "labelsTr"
+    train = _msd_images(release / "imagesTr") if (release / "imagesTr").is_dir() else []
+    train_ids = {_strip_nifti(p.name) for p in train}
+    for image in train:
+        case_id = _strip_nifti(image.name)
+        seg = _find_file(labels_dir, case_id) if labels_dir.is_dir() else None
+        if seg is None:
+            raise InputDataError(f"case {case_id}: missing label file {labels_dir / image.name} for {image}")
+        cases.append(BratsCase(case_id, {m: image for m in MODALITIES}, seg, "msd", dict(channels)))
+    if labels_dir.is_dir():
+        for label in _msd_images(labels_dir):
+            if _strip_nifti(label.name) not in train_ids:
+                raise InputDataError(f"case {_strip_nifti(label.name)}: label file {label} has no image in "
+                                     f"{release / 'imagesTr'}")
+    if (release / "imagesTs").is_dir():
+        for image in _msd_images(release / "imagesTs"):
+            cases.append(BratsCase(_strip_nifti(image.name), {m: image for m in MODALITIES}, None, "msd",
+                                   dict(channels)))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------- public
+def detect_layout(src: str | Path) -> str:
+    """The layout (one of :data:`LAYOUTS`) of the BraTS release in ``src`` or in its sub-folders.
+
+    Raises :class:`NnunetKDError` when no known layout is found or several different ones are.
+    """
+    src = Path(src)
+    kind, releases = _releases(src, "auto")
+    return _legacy_year(releases) if kind == "legacy" else kind
+
+
+def list_cases(src: str | Path, layout: str = "auto") -> list[BratsCase]:
+    """All cases of the release in ``src`` (see the module docstring), sorted by case id.
+
+    ``layout`` ``"auto"`` detects it; naming one only looks for that layout (``2018`` and ``2019`` also fix the
+    recorded release year). Checks that every modality file exists (:class:`InputDataError` naming the case and
+    the missing file), that case ids are unique, and that there is at least one case. File contents are not
+    read here.
+    """
+    src = Path(src)
+    if layout != "auto" and layout not in LAYOUTS:
+        raise NnunetKDError(f"unknown layout '{layout}'; expected auto or one of {', '.join(LAYOUTS)}")
+    kind, releases = _releases(src, layout)
+    if kind == "legacy":
+        convention = layout if layout in ("2018", "2019") else _legacy_year(releases)
+    else:
+        convention = kind
+    cases: list[BratsCase] = []
+    for release in releases:
+        if kind == "msd":
+            cases.extend(_msd_cases(release))
+        else:
+            cases.extend(_folder_case(kind, folder, convention) for folder in _case_folders(kind, release))
+    if not cases:
+        raise NnunetKDError(f"no cases found in {src} (layout {convention})")
+    seen: dict[str, BratsCase] = {}
+    for case in cases:
+        if case.case_id in seen:
+            first, second = seen[case.case_id].images["T1"], case.images["T1"]
+            raise InputDataError(f"case {case.case_id}: found twice ({first} and {second}); case ids must be unique")
+        seen[case.case_id] = case
+    return sorted(cases, key=lambda c: c.case_id)
