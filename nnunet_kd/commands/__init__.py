@@ -13,4 +13,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export_brats",
     "select_modalities",
     "synth",
+    "set_teacher",
 )
