@@ -1,8 +1,8 @@
-"""Tiny training schedules for tests and CPU demos.
+"""Short training schedules for tests and the CPU demo.
 
-:class:`SmokeSchedule` is a mixin: put it first in the bases of any trainer to get a run of a few
-iterations whose final validation predicts without test-time mirroring. ``nnUNetTrainer_smoke`` is stock
-nnU-Net with that schedule; it proves the ``nnUNet_extTrainer`` wiring and serves as a fast baseline.
+:class:`SmokeSchedule` and :class:`DemoSchedule` are mixins: put one first in the bases of any trainer to get a
+short run whose final validation predicts without test-time mirroring. ``nnUNetTrainer_smoke`` is stock nnU-Net
+with the smoke schedule; it proves the ``nnUNet_extTrainer`` wiring and serves as a fast baseline.
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ class SmokeSchedule:
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # type: ignore[misc]
         self.inference_allowed_mirroring_axes = None
         return result
+
+
+class DemoSchedule(SmokeSchedule):
+    """A few minutes on a CPU: 12 epochs x 10 iterations, 2 validation iterations (tiny-CPU demo, not a benchmark)."""
+
+    smoke_epochs = 12
+    smoke_iterations = 10
+    smoke_val_iterations = 2
 
 
 class nnUNetTrainer_smoke(SmokeSchedule, nnUNetTrainer):

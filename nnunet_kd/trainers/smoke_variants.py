@@ -1,10 +1,10 @@
-"""Tiny ``_smoke`` versions of the KD trainers for tests and the CPU demo (see :mod:`nnunet_kd.trainers.smoke`)."""
+"""``_smoke`` (tests) and ``_demo`` (CPU demo) versions of the KD trainers; see :mod:`nnunet_kd.trainers.smoke`."""
 
 from __future__ import annotations
 
 from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD
 from nnunet_kd.trainers.barlow_kd_variants import nnUNetTrainerBarlowKD_T1Flair, nnUNetTrainerStudentOnly
-from nnunet_kd.trainers.smoke import SmokeSchedule
+from nnunet_kd.trainers.smoke import DemoSchedule, SmokeSchedule
 
 
 class nnUNetTrainerBarlowKD_smoke(SmokeSchedule, nnUNetTrainerBarlowKD):
@@ -16,4 +16,12 @@ class nnUNetTrainerStudentOnly_smoke(SmokeSchedule, nnUNetTrainerStudentOnly):
 
 
 class nnUNetTrainerBarlowKD_T1Flair_smoke(SmokeSchedule, nnUNetTrainerBarlowKD_T1Flair):
+    pass
+
+
+class nnUNetTrainerBarlowKD_demo(DemoSchedule, nnUNetTrainerBarlowKD):
+    pass
+
+
+class nnUNetTrainerStudentOnly_demo(DemoSchedule, nnUNetTrainerStudentOnly):
     pass
