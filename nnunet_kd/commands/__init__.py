@@ -8,7 +8,9 @@ adding its module name to :data:`COMMAND_MODULES`.
 COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "report",
+    "demo",
     "ext_path",
+    "export_teacher",
     "convert_brats",
     "export_brats",
     "select_modalities",

@@ -26,4 +26,10 @@ from nnunet_kd.trainers.barlow_kd_variants import (  # noqa: F401
     nnUNetTrainerStudentOnly,
 )
 from nnunet_kd.trainers.smoke import nnUNetTrainer_smoke  # noqa: F401
-from nnunet_kd.trainers.smoke_variants import nnUNetTrainerBarlowKD_smoke, nnUNetTrainerStudentOnly_smoke  # noqa: F401
+from nnunet_kd.trainers.smoke_variants import (  # noqa: F401
+    nnUNetTrainerBarlowKD_demo,
+    nnUNetTrainerBarlowKD_smoke,
+    nnUNetTrainerBarlowKD_T1Flair_smoke,
+    nnUNetTrainerStudentOnly_demo,
+    nnUNetTrainerStudentOnly_smoke,
+)
