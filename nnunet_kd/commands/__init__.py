@@ -16,4 +16,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "select_modalities",
     "synth",
     "set_teacher",
+    "export_subset",
+    "evaluate_subsets",
 )

@@ -3,6 +3,12 @@
 Only imports here; the classes live in ``nnunet_kd.trainers``.
 """
 
+from nnunet_kd.trainers.any_subset import (  # noqa: F401
+    nnUNetTrainerBarlowKD_AnySubset,
+    nnUNetTrainerBarlowKD_AnySubset_PixelKD,
+    nnUNetTrainerBarlowKD_AnySubset_PixelKD_smoke,
+    nnUNetTrainerBarlowKD_AnySubset_smoke,
+)
 from nnunet_kd.trainers.architectures import (  # noqa: F401
     nnUNetTrainerCascadedUNet,
     nnUNetTrainerCascadedUNet_smoke,
@@ -24,6 +30,12 @@ from nnunet_kd.trainers.barlow_kd_variants import (  # noqa: F401
     nnUNetTrainerBarlowKD_T1Flair,
     nnUNetTrainerBarlowKD_T2Flair,
     nnUNetTrainerStudentOnly,
+)
+from nnunet_kd.trainers.pixel_kd import (  # noqa: F401
+    nnUNetTrainerBarlowKD_PixelKD,
+    nnUNetTrainerBarlowKD_PixelKD_smoke,
+    nnUNetTrainerPixelKD,
+    nnUNetTrainerPixelKD_smoke,
 )
 from nnunet_kd.trainers.smoke import nnUNetTrainer_smoke  # noqa: F401
 from nnunet_kd.trainers.smoke_variants import (  # noqa: F401
