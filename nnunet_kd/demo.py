@@ -69,6 +69,7 @@ def demo_environment(workdir: Path) -> dict[str, str]:
         "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1"),
         "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "1"),
         "nnUNet_compile": env.get("nnUNet_compile", "false"),
+        "PYTHONUNBUFFERED": "1",  # stream nnU-Net's progress lines as they happen
     })
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
