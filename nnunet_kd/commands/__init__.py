@@ -15,6 +15,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export_brats",
     "select_modalities",
     "synth",
+    "pseudolabel",
+    "make_distill_dataset",
     "set_teacher",
     "export_subset",
     "evaluate_subsets",

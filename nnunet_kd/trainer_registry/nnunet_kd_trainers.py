@@ -31,6 +31,18 @@ from nnunet_kd.trainers.barlow_kd_variants import (  # noqa: F401
     nnUNetTrainerBarlowKD_T2Flair,
     nnUNetTrainerStudentOnly,
 )
+from nnunet_kd.trainers.distill import (  # noqa: F401
+    nnUNetTrainerCascadedUNetDistill,
+    nnUNetTrainerDistill,
+    nnUNetTrainerDistill_PseudoWeight05,
+    nnUNetTrainerDistill_PseudoWeight05_smoke,
+    nnUNetTrainerDistill_smoke,
+    nnUNetTrainerResidualUNet_VAEDistill,
+    nnUNetTrainerResidualUNetDistill,
+    nnUNetTrainerResidualUNetDistill_PseudoWeight05,
+    nnUNetTrainerResidualUNetDistill_smoke,
+    nnUNetTrainerUNetDistill,
+)
 from nnunet_kd.trainers.pixel_kd import (  # noqa: F401
     nnUNetTrainerBarlowKD_PixelKD,
     nnUNetTrainerBarlowKD_PixelKD_smoke,

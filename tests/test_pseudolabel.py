@@ -1,0 +1,235 @@
+"""Ensemble pseudo-labelling: averaging, labels in the dataset convention, parts, reports, the CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import BIN, NnunetEnv
+from nnunet_kd.cli import main
+from nnunet_kd.distillation import pseudolabel as pl
+from nnunet_kd.errors import ConfigurationError, InputDataError
+
+SHAPE = (4, 5, 6)
+SPACING = (1.0, 1.5, 2.0)  # x, y, z as SimpleITK reports it
+
+
+def label_manager():
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from nnunet_kd.brats import make_dataset_json
+
+    meta = make_dataset_json(1, "x")
+    return LabelManager(meta["labels"], meta["regions_class_order"])
+
+
+def writer():
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    return SimpleITKIO()
+
+
+def properties() -> dict:
+    return {"sitk_stuff": {"spacing": SPACING, "origin": (0.0, 0.0, 0.0),
+                           "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)},
+            "spacing": list(SPACING[::-1])}
+
+
+def write_member(folder: Path, case: str, probabilities: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{case}.npz", probabilities=probabilities)
+    (folder / f"{case}.pkl").write_bytes(pickle.dumps(properties()))
+
+
+def hand_labels(mean: np.ndarray) -> np.ndarray:
+    """WT > 0.5 -> 1, then TC > 0.5 -> 2, then ET > 0.5 -> 3 (regions_class_order 1, 2, 3), voxel by voxel."""
+    out = np.zeros(mean.shape[1:], dtype=np.uint8)
+    for idx in np.ndindex(*mean.shape[1:]):
+        for channel, label in enumerate((1, 2, 3)):
+            if mean[(channel, *idx)] > 0.5:
+                out[idx] = label
+    return out
+
+
+# --- averaging on crafted probability files -------------------------------------------------------------------------
+
+def test_average_of_crafted_members_matches_hand_computation(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    members = [rng.random((3, *SHAPE)).astype(np.float32) for _ in range(3)]
+    members[0][:, 0, 0, 0] = [0.9, 0.9, 0.9]  # mean (0.9 + a + b) / 3 decided by hand below
+    members[1][:, 0, 0, 0] = [0.6, 0.3, 0.0]
+    members[2][:, 0, 0, 0] = [0.3, 0.6, 0.0]
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    for d, p in zip(dirs, members):
+        write_member(d, "case_a", p)
+    out = tmp_path / "out"
+    result = pl.ensemble_case("case_a", dirs, out, label_manager(), writer(), ".nii.gz", save_probabilities=True)
+
+    mean = (members[0] + members[1] + members[2]) / 3
+    saved = np.load(out / "probabilities" / "case_a.npz")["probabilities"]
+    np.testing.assert_allclose(saved.astype(np.float32), mean, atol=1e-3)  # stored as float16
+    seg_image = sitk.ReadImage(str(out / "labels" / "case_a.nii.gz"))
+    seg = sitk.GetArrayFromImage(seg_image)
+    np.testing.assert_array_equal(seg, hand_labels(mean))
+    assert seg[0, 0, 0] == 2  # WT 0.6 and TC 0.6 above 0.5, ET 0.3 below
+    assert seg_image.GetSpacing() == SPACING
+    assert result.status == pl.STATUS_OK and result.foreground_voxels == int((seg > 0).sum())
+    assert result.region_voxels == {"WT": int((seg > 0).sum()), "TC": int((seg >= 2).sum()),
+                                    "ET": int((seg == 3).sum())}
+    assert set(np.unique(seg).tolist()) <= {0, 1, 2, 3}
+
+
+def test_empty_and_unusable_cases_are_reported(tmp_path: Path):
+    zeros = np.zeros((3, *SHAPE), dtype=np.float32)
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_member(a, "empty", zeros)
+    write_member(b, "empty", zeros + 0.4)
+    out = tmp_path / "out"
+    lm, w = label_manager(), writer()
+    empty = pl.ensemble_case("empty", [a, b], out, lm, w, ".nii.gz")
+    assert empty.status == pl.STATUS_EMPTY and empty.foreground_voxels == 0
+    assert (out / "labels" / "empty.nii.gz").is_file()
+
+    write_member(a, "shape", zeros)
+    write_member(b, "shape", np.zeros((3, 4, 5, 7), dtype=np.float32))
+    bad = pl.ensemble_case("shape", [a, b], out, lm, w, ".nii.gz")
+    assert bad.status == pl.STATUS_UNUSABLE and "shape" in bad.message
+    assert not (out / "labels" / "shape.nii.gz").exists()
+
+    write_member(a, "missing", zeros + 0.9)
+    missing = pl.ensemble_case("missing", [a, b], out, lm, w, ".nii.gz")
+    assert missing.status == pl.STATUS_UNUSABLE and "missing" in missing.message
+
+    nan = zeros.copy()
+    nan[0, 0, 0, 0] = np.nan
+    write_member(a, "nan", nan)
+    write_member(b, "nan", zeros)
+    assert pl.ensemble_case("nan", [a, b], out, lm, w, ".nii.gz").status == pl.STATUS_UNUSABLE
+
+    few = zeros + 0.0
+    few[:, 0, 0, 0] = 1.0
+    write_member(a, "few", few)
+    write_member(b, "few", few)
+    assert pl.ensemble_case("few", [a, b], out, lm, w, ".nii.gz", min_foreground_voxels=2).status == pl.STATUS_EMPTY
+
+
+# --- parts ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_parts", [1, 2, 3, 7])
+def test_parts_cover_every_case_exactly_once(num_parts: int):
+    cases = [f"case_{i:02d}" for i in (5, 1, 4, 0, 3, 2)]
+    parts = [pl.split_cases(cases, num_parts, k) for k in range(num_parts)]
+    flat = [c for part in parts for c in part]
+    assert sorted(flat) == sorted(cases) and len(flat) == len(set(flat))
+
+
+def test_invalid_part_ids():
+    with pytest.raises(ConfigurationError, match="part_id"):
+        pl.split_cases(["a"], 2, 2)
+    with pytest.raises(ConfigurationError, match="num_parts"):
+        pl.split_cases(["a"], 0, 0)
+
+
+def _part(num_parts: int, part_id: int, cases: dict[str, str], all_cases: list[str]) -> dict:
+    return {"images": "/x", "file_ending": ".nii.gz", "members": [{"model_folder": "/m", "fold": "0"}],
+            "all_cases": all_cases, "num_parts": num_parts, "part_id": part_id, "save_probabilities": False,
+            "min_foreground_voxels": 1,
+            "cases": {c: {"status": s, "foreground_voxels": 0, "region_voxels": {}, "message": ""}
+                      for c, s in cases.items()}}
+
+
+def test_merge_parts_checks_completeness(tmp_path: Path):
+    all_cases = ["a", "b", "c"]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part_0_of_2.json").write_text(json.dumps(_part(2, 0, {"a": "ok", "c": "empty"}, all_cases)))
+    with pytest.raises(InputDataError, match=r"parts \[1\]"):
+        pl.merge_parts(tmp_path)
+    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok", "c": "ok"}, all_cases)))
+    with pytest.raises(InputDataError, match="case c appears in parts 0 and 1"):
+        pl.merge_parts(tmp_path)
+    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok"}, all_cases)))
+    merged = pl.merge_parts(tmp_path)
+    assert merged["ok"] == ["a", "b"] and merged["rejected"] == {"c": "empty"}
+    assert merged["cases"]["b"]["part"] == 1
+    assert pl.load_report(tmp_path) == merged
+    assert main(["pseudolabel", "--merge", "-o", str(tmp_path)]) == 0
+
+
+def test_parse_model_spec_and_cli_errors(tmp_path: Path, capsys):
+    assert pl.parse_model_spec("/r/Trainer__P__3d:0,1") == (Path("/r/Trainer__P__3d"), ["0", "1"])
+    assert pl.parse_model_spec("/r/Trainer__P__3d:all") == (Path("/r/Trainer__P__3d"), ["all"])
+    assert pl.parse_model_spec("/r/Trainer__P__3d") == (Path("/r/Trainer__P__3d"), None)
+    assert pl.parse_model_spec("/r:x/model") == (Path("/r:x/model"), None)
+    code = main(["pseudolabel", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "--models", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("nnunet-kd pseudolabel: error:") and "nope" in err[0]
+    assert main(["pseudolabel", "--merge", "-o", str(tmp_path / "none")]) == 2
+
+
+def test_list_cases_requires_every_channel(tmp_path: Path):
+    for name in ("c1_0000.nii.gz", "c1_0001.nii.gz", "c2_0000.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(InputDataError, match="case c2"):
+        pl.list_cases(tmp_path, ".nii.gz", 2)
+    (tmp_path / "c2_0001.nii.gz").write_bytes(b"")
+    assert list(pl.list_cases(tmp_path, ".nii.gz", 2)) == ["c1", "c2"]
+
+
+# --- the real thing: nnU-Net models trained in this session -----------------------------------------------------------
+
+def ensure_trained(env: NnunetEnv, trainer: str, fold: str = "0") -> Path:
+    """Train ``trainer`` with nnUNetv2_train unless this session already did (shared with other test modules)."""
+    folder = env.model_folder(trainer)
+    if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", fold, "-tr", trainer,
+                "-device", "cpu")
+    return folder
+
+
+@pytest.mark.slow
+def test_pseudolabel_two_parts_with_real_models(nnunet_env: NnunetEnv, tmp_path: Path):
+    models = [ensure_trained(nnunet_env, t) for t in ("nnUNetTrainerUNet_smoke", "nnUNetTrainerCascadedUNet_smoke")]
+    images = nnunet_env.dataset_raw / "imagesTs"
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
+    assert len(cases) >= 2
+    out = tmp_path / "pseudo"
+    for part in (0, 1):
+        nnunet_env.run(str(BIN / "nnunet-kd"), "pseudolabel", "-i", str(images), "-o", str(out), "--models",
+                       f"{models[0]}:0", str(models[1]), "-num_parts", "2", "-part_id", str(part), "-device", "cpu",
+                       "--keep-member-predictions", "--save-probabilities", "--no-progress")
+    assert not (out / pl.REPORT_NAME).exists()  # not merged until asked
+    proc = nnunet_env.run(str(BIN / "nnunet-kd"), "pseudolabel", "--merge", "-o", str(out))
+    assert "merged 2 part(s)" in proc.stdout
+    merged = json.loads((out / pl.REPORT_NAME).read_text())
+    parts = [json.loads((out / "parts" / f"part_{k}_of_2.json").read_text()) for k in (0, 1)]
+    assert sorted(c for p in parts for c in p["cases"]) == cases  # every case exactly once
+    assert sorted(merged["cases"]) == cases and len(merged["members"]) == 2
+
+    for case in cases:
+        member_files = [out / "members" / f"{m.name}__fold_0" / f"{case}.npz" for m in models]
+        mean = np.mean([np.load(f)["probabilities"].astype(np.float32) for f in member_files], axis=0)
+        saved = np.load(out / "probabilities" / f"{case}.npz")["probabilities"].astype(np.float32)
+        np.testing.assert_allclose(saved, mean, atol=1e-3)
+        label = sitk.ReadImage(str(out / "labels" / f"{case}.nii.gz"))
+        image = sitk.ReadImage(str(images / f"{case}_0000.nii.gz"))
+        assert label.GetSize() == image.GetSize() and label.GetSpacing() == pytest.approx(image.GetSpacing())
+        seg = sitk.GetArrayFromImage(label)
+        assert set(np.unique(seg).tolist()) <= {0, 1, 2, 3}
+        expected = np.zeros(seg.shape, dtype=np.uint8)
+        for channel, value in enumerate((1, 2, 3)):
+            expected[mean[channel] > 0.5] = value
+        np.testing.assert_array_equal(seg, expected)
+        status = merged["cases"][case]["status"]
+        assert status == (pl.STATUS_OK if (seg > 0).any() else pl.STATUS_EMPTY)
+
+
+def test_subprocess_console_script_help():
+    proc = subprocess.run([str(BIN / "nnunet-kd"), "pseudolabel", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "-num_parts" in proc.stdout and "--merge" in proc.stdout
