@@ -107,11 +107,12 @@ def test_predict_with_four_files_gives_a_clear_error(nnunet_env: NnunetEnv, kd_r
     assert "IndexError" not in proc.stderr
 
 
-def test_validation_only_rerun(nnunet_env: NnunetEnv, kd_run: Path):
+def test_validation_only_rerun_with_best_checkpoint(nnunet_env: NnunetEnv, kd_run: Path):
     summary = kd_run / "fold_0" / "validation" / "summary.json"
     summary.unlink()
-    train(nnunet_env, KD, "--val")
+    proc = train(nnunet_env, KD, "--val", "--val_best")
     assert summary.is_file()
+    assert "WARNING: checkpoint has no teacher" not in proc.stdout  # teacher state restored with the student
 
 
 def test_export_teacher_predicts_with_four_files(nnunet_env: NnunetEnv, kd_run: Path, tmp_path: Path):
