@@ -25,6 +25,7 @@ Public: :class:`SubsetModel`, :func:`load_subset_model`, :func:`subset_predictor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -191,14 +192,17 @@ def _cached(pred_dir: Path, settings: dict) -> bool:
         return False
 
 
-def _predict_subset(predictor, lists: list[list[str]], outputs: list[str], pred_dir: Path, settings: dict,
-                    log_path: Path, num_processes_preprocessing: int, num_processes_export: int) -> None:
-    """Predict into a temporary folder beside ``pred_dir``, write the marker last, then rename into place."""
+def _predict_subset(make_predictor: Callable[[], object], lists: list[list[str]], outputs: list[str], pred_dir: Path,
+                    settings: dict, log_path: Path, num_processes_preprocessing: int, num_processes_export: int) -> None:
+    """Predict into a temporary folder beside ``pred_dir``, write the marker last, then rename into place.
+
+    nnU-Net's messages (predictor set-up included) go to ``log_path``."""
     tmp = pred_dir.parent / f".{pred_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            predictor = make_predictor()
             truncated = [str(tmp / name) for name in outputs]
             if num_processes_preprocessing <= 0 or num_processes_export <= 0:
                 predictor.predict_from_files_sequential(lists, truncated, overwrite=True)
@@ -266,9 +270,8 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
             predicted = not _cached(pred_dir, settings)
             if predicted:
                 shutil.rmtree(eval_dir, ignore_errors=True)
-                predictor = subset_predictor(model, subset, device, use_mirroring)
                 lists = [[str(fs[i]) for i in kept[subset]] for fs in files.values()]
-                _predict_subset(predictor, lists, list(files), pred_dir, settings, folder / PREDICT_LOG,
+                _predict_subset(functools.partial(subset_predictor, model, subset, device, use_mirroring), lists, list(files), pred_dir, settings, folder / PREDICT_LOG,
                                 num_processes_preprocessing, num_processes_export)
             summary = None if predicted else _evaluation_matches(eval_dir, gt_dir, convention)
             evaluated = summary is None

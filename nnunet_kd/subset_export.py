@@ -23,6 +23,7 @@ import copy
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,14 @@ def _keep_subset(dataset_json: Mapping, keep: str | Sequence[str]) -> ChannelSub
     return resolve_channels(dataset_json["channel_names"], names)
 
 
+def _warn_if_never_trained(record: Mapping, subset: ChannelSubset, where: str) -> None:
+    trained = dict(zip(record.get("subsets", []), record.get("probabilities", [])))
+    name = subset_name(parse_subset(subset.names))
+    if trained.get(name, 1.0) == 0:
+        warnings.warn(f"{where}: subset {name} was never drawn in training (its subset weight was 0); its predictions "
+                      f"are untested", UserWarning, stacklevel=3)
+
+
 def subset_model_files(dataset_json: Mapping, plans: Mapping, keep: str | Sequence[str],
                        where: str = "the model") -> tuple[dict, dict, ZeroFillRecord]:
     """dataset.json and plans.json of the subset model of an any-subset model, and its zero-fill record.
@@ -128,6 +137,7 @@ def subset_model_files(dataset_json: Mapping, plans: Mapping, keep: str | Sequen
             f"'{RECORD_KEY}.{ANY_SUBSET_KEY}' record); export-subset needs a model trained by "
             f"nnUNetTrainerBarlowKD_AnySubset or a variant, because other models were never shown zeroed channels")
     subset = _keep_subset(dataset_json, keep)
+    _warn_if_never_trained(any_subset_record(dataset_json), subset, where)
     names = tuple(dataset_json["channel_names"][str(i)] for i in range(len(dataset_json["channel_names"])))
     record = ZeroFillRecord(names, subset.indices)
     reduced_json = student_dataset_json(dataset_json, subset)

@@ -139,8 +139,11 @@ def heatmap_plot(rows: Sequence[dict], out_path: str | os.PathLike, title: str |
                           aspect="auto")
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                text = f"{values[i, j]:.1f}" if np.isfinite(values[i, j]) else "–"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if metric == "dice" else "k")
+                finite = bool(np.isfinite(values[i, j]))
+                r, g, b, _ = image.cmap(image.norm(values[i, j])) if finite else (1, 1, 1, 1)
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, f"{values[i, j]:.1f}" if finite else "–", ha="center", va="center", fontsize=8,
+                        color="w" if dark else "k")
         ax.set_xticks(range(len(TABLE_REGIONS)))
         ax.set_xticklabels(TABLE_REGIONS)
         ax.set_yticks(range(len(names)))

@@ -107,6 +107,13 @@ def test_bad_subsets_are_clear_errors(tmp_path: Path, keep: str, message: str, c
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # nothing written
 
 
+def test_subset_never_drawn_in_training_gives_a_warning():
+    dataset_json = make_dataset_json(8, "Fake")
+    dataset_json["nnunet_kd"] = {"any_subset": {"subsets": ["T2+FLAIR", "FLAIR"], "probabilities": [0.0, 1.0]}}
+    with pytest.warns(UserWarning, match="T2\\+FLAIR was never drawn in training"):
+        subset_model_files(dataset_json, fake_plans(), "T2,FLAIR")
+
+
 def test_export_refuses_models_not_trained_on_random_subsets(tmp_path: Path):
     folder = fake_any_subset_folder(tmp_path, any_subset=False)
     with pytest.raises(ConfigurationError, match="not trained with random modality subsets"):

@@ -8,6 +8,7 @@ from nnunet_kd.trainers.any_subset import (  # noqa: F401
     nnUNetTrainerBarlowKD_AnySubset_PixelKD,
     nnUNetTrainerBarlowKD_AnySubset_PixelKD_smoke,
     nnUNetTrainerBarlowKD_AnySubset_smoke,
+    nnUNetTrainerStudentOnly_AnySubset,
 )
 from nnunet_kd.trainers.architectures import (  # noqa: F401
     nnUNetTrainerCascadedUNet,

@@ -80,6 +80,12 @@ class nnUNetTrainerBarlowKD_AnySubset_PixelKD(AnySubsetMixin, PixelKDMixin, nnUN
     """As :class:`nnUNetTrainerBarlowKD_AnySubset`, plus pixel-level distillation of the outputs."""
 
 
+class nnUNetTrainerStudentOnly_AnySubset(AnySubsetMixin, nnUNetTrainerBarlowKD):
+    """Ablation baseline: the 4-channel any-subset student trained alone (modality dropout, no teacher, no KD)."""
+
+    use_teacher = False
+
+
 class nnUNetTrainerBarlowKD_AnySubset_smoke(SmokeSchedule, nnUNetTrainerBarlowKD_AnySubset):
     pass
 
