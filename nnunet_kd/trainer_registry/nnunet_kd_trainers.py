@@ -44,6 +44,13 @@ from nnunet_kd.trainers.distill import (  # noqa: F401
     nnUNetTrainerResidualUNetDistill_smoke,
     nnUNetTrainerUNetDistill,
 )
+from nnunet_kd.trainers.frozen_teacher import (  # noqa: F401
+    nnUNetTrainerBarlowKD_FrozenTeacher,
+    nnUNetTrainerBarlowKD_FrozenTeacher_PixelKD,
+    nnUNetTrainerBarlowKD_FrozenTeacher_smoke,
+    nnUNetTrainerBarlowKD_WarmTeacher,
+    nnUNetTrainerBarlowKD_WarmTeacher_smoke,
+)
 from nnunet_kd.trainers.pixel_kd import (  # noqa: F401
     nnUNetTrainerBarlowKD_PixelKD,
     nnUNetTrainerBarlowKD_PixelKD_smoke,
