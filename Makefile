@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check nnunet_kd tests benchmarks
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check nnunet_kd tests benchmarks
