@@ -157,8 +157,8 @@ def test_distill_end_to_end_with_nnunetv2_train(nnunet_env: NnunetEnv, tmp_path:
 
     nnunet_env.run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(new_id), "-c", "3d_fullres", "-np", "1",
                    "-npfp", "1", extra_env={"nnUNet_n_proc_DA": "1"})
-    nnunet_env.run(str(BIN / "nnUNetv2_train"), str(new_id), "3d_fullres", "0", "-tr",
-                   "nnUNetTrainerDistill_PseudoWeight05_smoke", "-device", "cpu")
+    student = "nnUNetTrainerResidualUNetDistill_PseudoWeight05_smoke"  # the seed's student, pseudo cases weighted 0.5
+    nnunet_env.run(str(BIN / "nnUNetv2_train"), str(new_id), "3d_fullres", "0", "-tr", student, "-device", "cpu")
 
     splits = json.loads((nnunet_env.preprocessed / name / "splits_final.json").read_text())
     assert len(splits) == 5
@@ -166,7 +166,7 @@ def test_distill_end_to_end_with_nnunetv2_train(nnunet_env: NnunetEnv, tmp_path:
     for fold, teacher_fold in zip(splits, teacher_splits):
         assert not set(fold["val"]) & pseudo_cases and not set(fold["train"]) & pseudo_cases
         assert sorted(fold["val"]) == sorted(teacher_fold["val"])  # fold Dice comparable with the teacher's
-    fold0 = nnunet_env.results / name / "nnUNetTrainerDistill_PseudoWeight05_smoke__nnUNetPlans__3d_fullres" / "fold_0"
+    fold0 = nnunet_env.results / name / f"{student}__nnUNetPlans__3d_fullres" / "fold_0"
     validated = {p.name[: -len(".nii.gz")] for p in (fold0 / "validation").glob("*.nii.gz")}
     assert validated == set(splits[0]["val"])
     log = "".join(p.read_text() for p in fold0.glob("training_log_*.txt"))

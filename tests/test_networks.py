@@ -100,7 +100,7 @@ def test_parameter_counts_and_residual_unet_is_encoder_heavy(capsys):
     encoder = count_parameters(net.encoder)
     assert encoder > count_parameters(net.decoder)
     assert [len(stage) for stage in (s.blocks for s in net.encoder.stages)] == list(myronenko_blocks(spec.n_stages))
-    assert myronenko_blocks(4) == (1, 2, 2, 4) and myronenko_blocks(6) == (1, 2, 2, 4, 4, 4)
+    assert myronenko_blocks(4) == (1, 2, 2, 4) and myronenko_blocks(6) == (1, 2, 2, 2, 2, 4)
 
 
 def test_residual_unet_uses_groupnorm_and_cascaded_uses_instancenorm():

@@ -1,7 +1,7 @@
 """Residual U-Net after Myronenko 2018 ("3D MRI brain tumor segmentation using autoencoder regularization").
 
 * Encoder-heavy: residual blocks (``dynamic_network_architectures`` ``ResidualEncoder``/``BasicBlockD``) with
-  GroupNorm (8 groups) and ReLU; 1, 2, 2, 4, 4, ... blocks per stage (:func:`myronenko_blocks`), strided-conv
+  GroupNorm (8 groups) and ReLU; 1, 2, ..., 2, 4 blocks per stage (:func:`myronenko_blocks`), strided-conv
   downsampling, widths/kernels/strides from the nnU-Net plans.
 * Light decoder: one residual block per stage; 1x1 conv, trilinear upsampling and *addition* of the encoder skip
   (:class:`~nnunet_kd.networks.common.InterpolatingDecoder` with ``merge="add"``); deep-supervision heads on every
@@ -39,8 +39,14 @@ VAE_REDUCED_CHANNELS = 16
 
 
 def myronenko_blocks(n_stages: int) -> tuple[int, ...]:
-    """Residual blocks per encoder stage: 1, 2, 2, 4 as in Myronenko 2018, 4 for any deeper stage."""
-    return tuple(([1, 2, 2] + [4] * max(0, n_stages - 3))[:n_stages])
+    """Residual blocks per encoder stage: 1 at full resolution, 4 at the bottleneck, 2 in between.
+
+    For Myronenko's 4 stages this is his 1, 2, 2, 4; deeper nnU-Net plans (6 stages for BraTS) get 2 blocks in
+    the extra middle stages, which keeps the encoder heavy without quadrupling the widest (320-channel) stages.
+    """
+    if n_stages < 2:
+        return (4,) * n_stages
+    return (1,) + (2,) * (n_stages - 2) + (4,)
 
 
 def vae_loss(image: torch.Tensor, reconstruction: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

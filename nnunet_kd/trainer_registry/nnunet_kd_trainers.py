@@ -41,6 +41,7 @@ from nnunet_kd.trainers.distill import (  # noqa: F401
     nnUNetTrainerResidualUNet_VAEDistill,
     nnUNetTrainerResidualUNetDistill,
     nnUNetTrainerResidualUNetDistill_PseudoWeight05,
+    nnUNetTrainerResidualUNetDistill_PseudoWeight05_smoke,
     nnUNetTrainerResidualUNetDistill_smoke,
     nnUNetTrainerUNetDistill,
 )

@@ -183,3 +183,8 @@ class nnUNetTrainerResidualUNetDistill_smoke(SmokeSchedule, nnUNetTrainerResidua
 
 class nnUNetTrainerDistill_PseudoWeight05_smoke(SmokeSchedule, nnUNetTrainerDistill_PseudoWeight05):
     """nnUNetTrainerDistill_PseudoWeight05 with the smoke schedule (tests, CPU demos)."""
+
+
+class nnUNetTrainerResidualUNetDistill_PseudoWeight05_smoke(SmokeSchedule,
+                                                            nnUNetTrainerResidualUNetDistill_PseudoWeight05):
+    """nnUNetTrainerResidualUNetDistill_PseudoWeight05 with the smoke schedule (tests, CPU demos)."""
