@@ -50,10 +50,12 @@ def bottleneck_features(trainer, batch: dict, device: str):
 
 
 def run(data: common.BenchData, device: str = "cpu", repeats: int = 5, warmup: int = 1, inner: int = 5,
-        out_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        out_dir: Path | None = None, log: Callable[[str], None] = print, threads: int | None = None) -> dict:
     """Time the Barlow Twins part and the whole KD step interleaved; return (and write) the results."""
+    import torch
+
     common.activate(data, device)
-    set_threads(device)
+    set_threads(device, threads)
     t_start = time.perf_counter()
     trainer = build_trainer("kd", data, device)
     batch = make_batch(trainer, 4, pin=device.startswith("cuda"))
@@ -74,7 +76,7 @@ def run(data: common.BenchData, device: str = "cpu", repeats: int = 5, warmup: i
     result = {
         "benchmark": "bench_barlow", "device": device, "geometry": data.geometry,
         "bottleneck_shape": list(z_student.shape), "bottleneck_dtype": str(z_student.dtype),
-        "projector_dim": trainer.projector_dim, "barlow_weight": weight, "inner_calls_per_round": inner,
+        "projector_dim": trainer.projector_dim, "torch_threads": torch.get_num_threads(), "barlow_weight": weight, "inner_calls_per_round": inner,
         "warmup_rounds": warmup, "repeats": repeats,
         "seconds": {k: common.stats(v) for k, v in samples.items()}, "samples_seconds": samples,
         "fraction_of_kd_step": fraction, "goal": f"fraction < {GOAL_FRACTION_MAX}",
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cache, geometry = resolve_common(args)
     data = common.prepare_dataset(cache, geometry)
-    result = run(data, args.device, args.repeats, args.warmup, args.inner, args.out)
+    result = run(data, args.device, args.repeats, args.warmup, args.inner, args.out, threads=args.threads)
     print("\n".join(summary_lines(result)))
     print(f"wrote {Path(args.out) / 'bench_barlow.json'}")
     return 0

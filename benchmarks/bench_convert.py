@@ -120,7 +120,7 @@ def summary_lines(result: dict) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_convert", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmark_results"), help="folder for the JSON results")
+    parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the synthetic source (default OUT/_data)")
     parser.add_argument("--cases", type=int, default=3, help="cases in the synthetic release (default 3)")
     parser.add_argument("--shape", type=int, nargs=3, default=BRATS_SHAPE, metavar=("X", "Y", "Z"),

@@ -101,13 +101,14 @@ def read_labels(folder: Path) -> dict[str, np.ndarray]:
 
 
 def run(data: common.BenchData, device: str = "cpu", repeats: int = 3, warmup: int = 1, cases: int = 4,
-        tta: bool | None = None, out_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        tta: bool | None = None, out_dir: Path | None = None, log: Callable[[str], None] = print,
+        threads: int | None = None) -> dict:
     """Write both model folders, time CLI and in-process prediction interleaved; return (and write) the results."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     common.activate(data, device)
-    set_threads(device)
+    set_threads(device, threads)
     t_start = time.perf_counter()
     tta = device.startswith("cuda") if tta is None else tta
     work = data.root / "inference"
@@ -164,7 +165,7 @@ def run(data: common.BenchData, device: str = "cpu", repeats: int = 3, warmup: i
     ratio = common.ratios(cli_samples["ours"], cli_samples["stock"])
     result = {
         "benchmark": "bench_inference", "device": device, "geometry": data.geometry, "cases": n_cases,
-        "tta": tta, "warmup_rounds": warmup, "repeats": repeats, "predictions_identical": bool(identical),
+        "tta": tta, "torch_threads_in_process": torch.get_num_threads(), "warmup_rounds": warmup, "repeats": repeats, "predictions_identical": bool(identical),
         "checkpoint_bytes": {k: (f / "fold_0" / "checkpoint_final.pth").stat().st_size for k, f in folders.items()},
         "cli_seconds": {k: common.stats(v) for k, v in cli_samples.items()},
         "cli_seconds_per_case": {k: common.stats(np.asarray(v) / n_cases) for k, v in cli_samples.items()},
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache, geometry = resolve_common(args)
     data = common.prepare_dataset(cache, geometry)
     tta = None if args.tta is None else args.tta == "on"
-    result = run(data, args.device, args.repeats, args.warmup, args.cases, tta, args.out)
+    result = run(data, args.device, args.repeats, args.warmup, args.cases, tta, args.out, threads=args.threads)
     print("\n".join(summary_lines(result)))
     print(f"wrote {Path(args.out) / 'bench_inference.json'}")
     return 0

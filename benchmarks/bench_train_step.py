@@ -35,13 +35,15 @@ VARIANTS: tuple[str, ...] = ("kd", "stock_4ch", "stock_2ch")
 GOALS = {"kd_over_sum_max": 1.05, "kd_over_stock_4ch_max": 2.0, "memory_kd_over_stock_4ch_max": 1.9}
 
 
-def set_threads(device: str) -> None:
-    """Threads as ``nnUNetv2_train`` sets them (all cores on CPU)."""
+def set_threads(device: str, threads: int | None = None) -> None:
+    """Torch threads: ``threads``, or as ``nnUNetv2_train`` sets them (all cores on CPU); cuDNN autotuning on GPU."""
     import torch
 
-    if device == "cpu":
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    elif device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    else:
+    if device != "cpu":
         torch.backends.cudnn.benchmark = True
 
 
@@ -135,11 +137,12 @@ def plans_summary(trainer) -> dict:
 
 # ------------------------------------------------------------------------------------------------ memory probe
 
-def probe_memory(variant: str, data: common.BenchData, device: str, steps: int = 2) -> dict:
+def probe_memory(variant: str, data: common.BenchData, device: str, steps: int = 2,
+                 threads: int | None = None) -> dict:
     """Peak memory of ``steps`` training steps (after one warm-up step) of ``variant``; call in a fresh process."""
     import torch
 
-    set_threads(device)
+    set_threads(device, threads)
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401  (imports count in the baseline)
 
     import nnunet_kd.trainers.barlow_kd  # noqa: F401
@@ -163,10 +166,13 @@ def probe_memory(variant: str, data: common.BenchData, device: str, steps: int =
     return result
 
 
-def probe_in_subprocess(variant: str, cache: Path, geometry: str, device: str, steps: int = 2) -> dict:
+def probe_in_subprocess(variant: str, cache: Path, geometry: str, device: str, steps: int = 2,
+                        threads: int | None = None) -> dict:
     """:func:`probe_memory` in a fresh Python process (peak memory cannot be reset in-process on CPU)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--probe", variant, "--cache", str(cache),
            "--geometry", geometry, "--device", device, "--probe-steps", str(steps)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -180,10 +186,12 @@ def probe_in_subprocess(variant: str, cache: Path, geometry: str, device: str, s
 
 def run(data: common.BenchData, cache: Path, device: str = "cpu", repeats: int = 5, warmup: int = 1,
         memory: bool = True, probe_steps: int = 2, out_dir: Path | None = None,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, threads: int | None = None) -> dict:
     """Time the three steps interleaved, probe their peak memory, return (and write) the results."""
+    import torch
+
     common.activate(data, device)
-    set_threads(device)
+    set_threads(device, threads)
     t_start = time.perf_counter()
     log("train step: building trainers")
     trainers = {v: build_trainer(v, data, device) for v in VARIANTS}
@@ -204,7 +212,7 @@ def run(data: common.BenchData, cache: Path, device: str = "cpu", repeats: int =
                        "projectors": count_parameters(kd_modules) - count_parameters(kd_modules["teacher"]),
                        "stock_4ch": count_parameters(trainers["stock_4ch"].network),
                        "stock_2ch": count_parameters(trainers["stock_2ch"].network)},
-        "compile": os.environ.get("nnUNet_compile", "default"),
+        "compile": os.environ.get("nnUNet_compile", "default"), "torch_threads": torch.get_num_threads(),
         "warmup_rounds": warmup, "repeats": repeats,
         "seconds": {v: stats for v, stats in ((v, common.stats(samples[v])) for v in VARIANTS)},
         "samples_seconds": samples,
@@ -216,7 +224,8 @@ def run(data: common.BenchData, cache: Path, device: str = "cpu", repeats: int =
     del trainers, calls
     if memory:
         log("train step: peak memory, one fresh process per trainer")
-        probes = {v: probe_in_subprocess(v, cache, data.geometry, device, probe_steps) for v in VARIANTS}
+        probes = {v: probe_in_subprocess(v, cache, data.geometry, device, probe_steps, threads)
+                  for v in VARIANTS}
         mem = {v: probes[v]["value_bytes"] for v in VARIANTS}
         result["memory"] = {"metric": probes["kd"]["metric"], "bytes": mem, "probes": probes,
                             "kd_over_stock_4ch": mem["kd"] / mem["stock_4ch"],
@@ -256,12 +265,15 @@ def summary_lines(result: dict) -> list[str]:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the benchmarks run on the synthetic preprocessed dataset."""
-    parser.add_argument("--out", type=Path, default=Path("benchmark_results"), help="folder for the JSON results")
+    parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder of the synthetic dataset, reused between runs (default OUT/_data)")
     parser.add_argument("--geometry", choices=sorted(common.GEOMETRIES), default=None,
                         help="synthetic grid: small (CPU default) or brats (GPU default, the real BraTS plans)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: all cores on CPU, as nnUNetv2_train; 1 is steadier on a "
+                             "machine shared with other work)")
 
 
 def resolve_common(args: argparse.Namespace) -> tuple[Path, str]:
@@ -283,11 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.probe is not None:  # internal: one trainer in this fresh process, JSON on the last stdout line
         data = common.prepare_dataset(cache, geometry, log=lambda _m: None)
         common.activate(data, args.device)
-        print(json.dumps(probe_memory(args.probe, data, args.device, args.probe_steps)))
+        print(json.dumps(probe_memory(args.probe, data, args.device, args.probe_steps, args.threads)))
         return 0
     data = common.prepare_dataset(cache, geometry)
     result = run(data, cache, args.device, args.repeats, args.warmup, not args.no_memory, args.probe_steps,
-                 args.out)
+                 args.out, threads=args.threads)
     print("\n".join(summary_lines(result)))
     print(f"wrote {Path(args.out) / 'bench_train_step.json'}")
     return 0

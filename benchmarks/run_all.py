@@ -42,7 +42,7 @@ def _settings(quick: bool, device: str) -> dict[str, dict]:
 
 
 def run_all(out: Path, device: str = "cpu", quick: bool = False, only: Sequence[str] = BENCHMARKS,
-            cache: Path | None = None, geometry: str | None = None,
+            cache: Path | None = None, geometry: str | None = None, threads: int | None = None,
             log: Callable[[str], None] = print) -> dict:
     """Run the selected benchmarks; write and return ``{"machine", "results", "errors", "summary"}``."""
     from benchmarks import bench_barlow, bench_convert, bench_evaluate, bench_inference, bench_train_step
@@ -55,6 +55,8 @@ def run_all(out: Path, device: str = "cpu", quick: bool = False, only: Sequence[
     if device == "cpu":
         os.environ["nnUNet_compile"] = "false"
     settings = _settings(quick, device)
+    for name in ("train_step", "barlow", "inference"):
+        settings[name]["threads"] = threads
     machine = common.machine_info(device)
     log(f"machine: {machine['cpu_model']} ({machine['usable_cpus']} usable CPUs), torch {machine['torch']}, "
         f"nnunetv2 {machine['nnunetv2']}" + (f", GPU {machine.get('gpu')}" if device.startswith("cuda") else ""))
@@ -100,7 +102,8 @@ def run_all(out: Path, device: str = "cpu", quick: bool = False, only: Sequence[
             bench_convert.summary_lines)
     attempt("evaluate", lambda: bench_evaluate.run(out, **s["evaluate"]), _evaluate_lines)
     total = time.perf_counter() - t0
-    report = {"machine": machine, "device": device, "geometry": geometry, "quick": quick, "settings": settings,
+    report = {"machine": machine, "device": device, "geometry": geometry, "quick": quick, "threads": threads,
+              "settings": settings,
               "total_wall_seconds": total, "results": results, "errors": errors, "summary": summary}
     common.write_json(out / "results.json", report)
     (out / "summary.md").write_text(_summary_markdown(report), encoding="utf-8")
@@ -154,7 +157,8 @@ def _summary_markdown(report: dict) -> str:
     lines = [f"# Benchmark summary ({report['device']}{', quick' if report['quick'] else ''})", "",
              f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {m.get('memory_gib')} GiB RAM"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m['torch']}, nnunetv2 {m['nnunetv2']}, "
-             f"python {m['python']}; load average at start {m.get('load_average_1_5_15')}.",
+             f"python {m['python']}; torch threads {report['threads'] or 'all cores'}; load average at start "
+             f"{m.get('load_average_1_5_15')}.",
              f"Total wall time {report['total_wall_seconds']:.0f} s.", "",
              "| measure | value (ratio of medians) | goal | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _goal_rows(report["results"])]
@@ -167,14 +171,17 @@ def _summary_markdown(report: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("benchmark_results"),
-                        help="results folder (default ./benchmark_results)")
+    parser.add_argument("--out", type=Path, default=Path("bench_output"),
+                        help="results folder (default ./bench_output, ignored by git)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller inputs (a few minutes)")
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the synthetic data (default OUT/_data)")
     parser.add_argument("--geometry", choices=sorted(common.GEOMETRIES), default=None,
                         help="synthetic dataset grid (default: small on cpu, brats on cuda)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in the timed processes (default: all cores, as nnUNetv2_train; 1 is "
+                             "steadier on a machine shared with other work)")
     args = parser.parse_args(argv)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
@@ -185,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda but torch sees no CUDA device")
-    report = run_all(args.out, args.device, args.quick, only, args.cache, args.geometry)
+    report = run_all(args.out, args.device, args.quick, only, args.cache, args.geometry, args.threads)
     print("\n" + (args.out / "summary.md").read_text(encoding="utf-8"))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'summary.md'}")
     return 1 if report["errors"] else 0
