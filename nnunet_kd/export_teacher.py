@@ -7,13 +7,11 @@ into a model folder of its own — full dataset.json and plans.json, ``fold_X/ch
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError
+from nnunet_kd.model_folder import selected_folds, write_model_folder
 
 TEACHER_SUFFIX = "_teacher"
 
@@ -26,61 +24,43 @@ def default_teacher_folder(model_folder: Path) -> Path:
     return model_folder.parent / f"{parts[0]}{TEACHER_SUFFIX}__{parts[1]}__{parts[2]}"
 
 
-def available_folds(model_folder: Path, checkpoint_name: str) -> list[str]:
-    return sorted(p.name[len("fold_"):] for p in model_folder.glob("fold_*") if (p / checkpoint_name).is_file())
+def _teacher_state(checkpoint_file: Path) -> tuple[dict, dict]:
+    """``(checkpoint, checkpoint["nnunet_kd"])`` of a KD checkpoint that holds a teacher."""
+    import torch
+
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    state = checkpoint.get("nnunet_kd")
+    if state is None or "kd_modules" not in state:
+        raise ConfigurationError(f"{checkpoint_file} holds no teacher (not trained by a KD trainer with a teacher)")
+    return checkpoint, state
 
 
 def export_teacher(model_folder: str | Path, out_folder: str | Path | None = None,
                    folds: Sequence[str] | None = None, checkpoint_name: str = "checkpoint_final.pth",
                    overwrite: bool = False) -> Path:
     """Export the teacher of every requested fold of ``model_folder``; returns the new model folder."""
-    import torch
-
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise ConfigurationError(f"model folder {model_folder} does not exist")
     out = Path(out_folder) if out_folder is not None else default_teacher_folder(model_folder)
-    folds = list(folds) if folds else available_folds(model_folder, checkpoint_name)
-    if not folds:
-        raise ConfigurationError(f"no fold_*/{checkpoint_name} in {model_folder}")
+    fold_list = selected_folds(model_folder, folds, checkpoint_name)
     if out.exists() and not overwrite:
         raise ConfigurationError(f"{out} exists; pass --overwrite to replace it")
+    loaded = {fold_list[0]: _teacher_state(model_folder / f"fold_{fold_list[0]}" / checkpoint_name)}
+    first = loaded[fold_list[0]][1]
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        teacher_files: tuple[dict, dict] | None = None
-        for fold in folds:
-            ckpt_file = model_folder / f"fold_{fold}" / checkpoint_name
-            if not ckpt_file.is_file():
-                raise ConfigurationError(f"fold {fold}: checkpoint {ckpt_file} does not exist")
-            checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-            state = checkpoint.get("nnunet_kd")
-            if state is None or "kd_modules" not in state:
-                raise ConfigurationError(f"{ckpt_file} holds no teacher (not trained by a KD trainer with a teacher)")
-            weights = {k[len("teacher."):]: v for k, v in state["kd_modules"].items() if k.startswith("teacher.")}
-            init_args = dict(checkpoint["init_args"], dataset_json=state["teacher_dataset_json"])
-            exported = {
-                "network_weights": weights,
-                "init_args": init_args,
-                "trainer_name": checkpoint["trainer_name"],
-                "inference_allowed_mirroring_axes": checkpoint.get("inference_allowed_mirroring_axes"),
-                "current_epoch": checkpoint.get("current_epoch"),
-                "nnunet_kd_exported_from": str(ckpt_file),
-            }
-            (tmp / f"fold_{fold}").mkdir()
-            torch.save(exported, tmp / f"fold_{fold}" / "checkpoint_final.pth")
-            teacher_files = (state["teacher_dataset_json"], state["teacher_plans"])
-        assert teacher_files is not None  # folds is non-empty
-        (tmp / "dataset.json").write_text(json.dumps(teacher_files[0], indent=4))
-        (tmp / "plans.json").write_text(json.dumps(teacher_files[1], indent=4))
-        fingerprint = model_folder / "dataset_fingerprint.json"
-        if fingerprint.is_file():
-            shutil.copyfile(fingerprint, tmp / "dataset_fingerprint.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    def teacher_checkpoint(fold: str) -> dict:
+        ckpt_file = model_folder / f"fold_{fold}" / checkpoint_name
+        checkpoint, state = loaded.pop(fold, None) or _teacher_state(ckpt_file)
+        weights = {k[len("teacher."):]: v for k, v in state["kd_modules"].items() if k.startswith("teacher.")}
+        return {
+            "network_weights": weights,
+            "init_args": dict(checkpoint["init_args"], dataset_json=state["teacher_dataset_json"]),
+            "trainer_name": checkpoint["trainer_name"],
+            "inference_allowed_mirroring_axes": checkpoint.get("inference_allowed_mirroring_axes"),
+            "current_epoch": checkpoint.get("current_epoch"),
+            "nnunet_kd_exported_from": str(ckpt_file),
+        }
+
+    return write_model_folder(out, model_folder, first["teacher_dataset_json"], first["teacher_plans"], fold_list,
+                              teacher_checkpoint, overwrite)

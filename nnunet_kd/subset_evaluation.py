@@ -36,10 +36,10 @@ from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.evaluation.evaluate import SUMMARY_JSON, evaluate_folders, load_evaluation
+from nnunet_kd.model_folder import selected_folds
 from nnunet_kd.subset_export import (
     any_subset_record,
     load_model_folder,
-    model_folds,
     subset_model_files,
 )
 from nnunet_kd.subsets import all_subsets, parse_subset, subset_name
@@ -95,13 +95,13 @@ def load_subset_model(model_folder: str | os.PathLike, folds: Sequence[str | int
     dataset_json, plans = load_model_folder(folder)
     if any_subset_record(dataset_json) is None:
         subset_model_files(dataset_json, plans, "FLAIR", where=str(folder))  # raises the explanatory error
-    chosen = model_folds(folder, folds, checkpoint_name)
+    chosen = selected_folds(folder, folds, checkpoint_name)
     parameters, first = [], None
     for fold in chosen:
         checkpoint = torch.load(folder / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
         first = first or checkpoint
         parameters.append(checkpoint["network_weights"])
-    assert first is not None  # model_folds returns at least one fold
+    assert first is not None  # selected_folds returns at least one fold
     axes = first.get("inference_allowed_mirroring_axes")
     return SubsetModel(folder, dataset_json, plans, first["init_args"]["configuration"], first["trainer_name"],
                        _trainer_class(first["trainer_name"]), chosen, checkpoint_name, parameters,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from nnunet_kd.modalities import (
     student_dataset_json,
     student_plans,
 )
+from nnunet_kd.model_folder import selected_folds, write_model_folder
 from nnunet_kd.subsets import parse_subset, subset_name
 
 #: Key (under dataset.json's ``nnunet_kd`` record) marking a model trained with random modality subsets.
@@ -177,23 +177,6 @@ def load_model_folder(model_folder: str | os.PathLike) -> tuple[dict, dict]:
     return _read_json(model_folder / "dataset.json"), _read_json(model_folder / "plans.json")
 
 
-def model_folds(model_folder: str | os.PathLike, folds: Sequence[str | int] | None,
-                checkpoint_name: str = "checkpoint_final.pth") -> list[str]:
-    """The requested folds (all with a checkpoint when None), each checked to have ``fold_X/checkpoint_name``."""
-    model_folder = Path(model_folder)
-    if folds:
-        chosen = [str(f) for f in folds]
-    else:
-        chosen = sorted(p.name[len("fold_"):] for p in model_folder.glob("fold_*") if (p / checkpoint_name).is_file())
-        if not chosen:
-            raise ConfigurationError(f"no fold_*/{checkpoint_name} in {model_folder}")
-    for fold in chosen:
-        if not (model_folder / f"fold_{fold}" / checkpoint_name).is_file():
-            raise ConfigurationError(f"fold {fold}: checkpoint {model_folder / f'fold_{fold}' / checkpoint_name} "
-                                     f"does not exist")
-    return chosen
-
-
 def export_subset(model_folder: str | os.PathLike, keep: str | Sequence[str], out_folder: str | os.PathLike | None = None,
                   folds: Sequence[str | int] | None = None, checkpoint_name: str = "checkpoint_final.pth",
                   overwrite: bool = False) -> Path:
@@ -210,34 +193,19 @@ def export_subset(model_folder: str | os.PathLike, keep: str | Sequence[str], ou
     out = Path(out_folder) if out_folder is not None else default_subset_folder(model_folder, keep)
     if out.resolve() == model_folder.resolve():
         raise ConfigurationError(f"output folder {out} is the model folder itself; choose another with -o")
-    folds = model_folds(model_folder, folds, checkpoint_name)
+    folds = selected_folds(model_folder, folds, checkpoint_name)
     if out.exists() and not overwrite:
         raise ConfigurationError(f"{out} exists; pass --overwrite to replace it")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for fold in folds:
-            ckpt_file = model_folder / f"fold_{fold}" / checkpoint_name
-            checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-            missing = [k for k in ("network_weights", "init_args", "trainer_name") if k not in checkpoint]
-            if missing:
-                raise ConfigurationError(f"{ckpt_file} is not an nnU-Net checkpoint (no {', '.join(missing)})")
-            exported = {k: checkpoint[k] for k in _CHECKPOINT_KEYS if k in checkpoint}
-            exported["init_args"] = dict(copy.deepcopy(checkpoint["init_args"]), dataset_json=reduced_json)
-            exported["nnunet_kd_exported_from"] = str(ckpt_file)
-            (tmp / f"fold_{fold}").mkdir()
-            torch.save(exported, tmp / f"fold_{fold}" / "checkpoint_final.pth")
-        (tmp / "dataset.json").write_text(json.dumps(reduced_json, indent=4))
-        (tmp / "plans.json").write_text(json.dumps(reduced_plans, indent=4))
-        fingerprint = model_folder / "dataset_fingerprint.json"
-        if fingerprint.is_file():
-            shutil.copyfile(fingerprint, tmp / "dataset_fingerprint.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    def subset_checkpoint(fold: str) -> dict:
+        ckpt_file = model_folder / f"fold_{fold}" / checkpoint_name
+        checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        missing = [k for k in ("network_weights", "init_args", "trainer_name") if k not in checkpoint]
+        if missing:
+            raise ConfigurationError(f"{ckpt_file} is not an nnU-Net checkpoint (no {', '.join(missing)})")
+        exported = {k: checkpoint[k] for k in _CHECKPOINT_KEYS if k in checkpoint}
+        exported["init_args"] = dict(copy.deepcopy(checkpoint["init_args"]), dataset_json=reduced_json)
+        exported["nnunet_kd_exported_from"] = str(ckpt_file)
+        return exported
+
+    return write_model_folder(out, model_folder, reduced_json, reduced_plans, folds, subset_checkpoint, overwrite)
