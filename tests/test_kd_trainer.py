@@ -200,3 +200,13 @@ def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: Nn
     assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
+
+
+def test_find_best_configuration_works_on_the_student(nnunet_env: NnunetEnv, kd_run: Path):
+    proc = nnunet_env.run(str(BIN / "nnUNetv2_find_best_configuration"), str(nnunet_env.dataset_id), "-c",
+                          "3d_fullres", "-tr", KD, "-f", "0", "-np", "1")
+    assert f"-tr {KD} -c 3d_fullres" in proc.stdout
+    crossval = kd_run / "crossval_results_folds_0"
+    assert (crossval / "postprocessing.pkl").is_file()
+    # the plans it hands to postprocessing are the student's reduced plans
+    assert json.loads((crossval / "plans.json").read_text())["nnunet_kd"]["student"]["channel_indices"] == [1, 3]
