@@ -20,6 +20,8 @@ DATASET_NAME = "Dataset517_SynthBraTS"
 N_LABELED = 8
 N_UNLABELED = 2
 SHAPE = (40, 40, 40)
+#: Variables an in-process trainer needs (nnU-Net reads them when used, not at import).
+IN_PROCESS_ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA")
 
 
 def nnunet_subprocess_env(raw: Path, preprocessed: Path, results: Path) -> dict[str, str]:
@@ -69,6 +71,35 @@ class NnunetEnv:
 
     def model_folder(self, trainer: str, plans: str = "nnUNetPlans", configuration: str = "3d_fullres") -> Path:
         return self.results / self.dataset_name / f"{trainer}__{plans}__{configuration}"
+
+    def ensure_trained(self, trainer: str, fold: str = "0") -> Path:
+        """Train ``trainer`` with nnUNetv2_train unless this session already did (shared between modules)."""
+        folder = self.model_folder(trainer)
+        if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            self.run(str(BIN / "nnUNetv2_train"), str(self.dataset_id), "3d_fullres", fold, "-tr", trainer,
+                     "-device", "cpu")
+        return folder
+
+    def make_trainer(self, name: str, monkeypatch: pytest.MonkeyPatch, fold: int = 0):
+        """An (uninitialised) trainer built in this process the way nnUNetv2_train builds it, on the CPU."""
+        import torch
+        from nnunetv2.run.run_training import get_trainer_from_args
+
+        for key in IN_PROCESS_ENV_KEYS:
+            monkeypatch.setenv(key, self.env[key])
+        return get_trainer_from_args(str(self.dataset_id), "3d_fullres", fold, name, device=torch.device("cpu"))
+
+
+def random_batch(trainer, seed: int = 0) -> dict:
+    """A random (data, deep-supervision region targets) batch of ``trainer``'s plans, with all 4 channels."""
+    import torch
+
+    patch = list(trainer.configuration_manager.patch_size)
+    torch.manual_seed(seed)
+    data = torch.randn(2, 4, *patch)
+    targets = [(torch.rand(2, 3, *[int(round(p * s)) for p, s in zip(patch, scale)]) > 0.7).float()
+               for scale in trainer._get_deep_supervision_scales()]
+    return {"data": data, "target": targets}
 
 
 @pytest.fixture(scope="session")

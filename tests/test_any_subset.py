@@ -127,12 +127,7 @@ def test_nnunetv2_train_any_subset_smoke(nnunet_env: NnunetEnv):
 
 @pytest.mark.slow
 def test_train_step_zeroes_dropped_channels_of_the_normalised_batch(nnunet_env: NnunetEnv, monkeypatch):
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA"):
-        monkeypatch.setenv(key, nnunet_env.env[key])
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args(str(nnunet_env.dataset_id), "3d_fullres", 0,
-                                    "nnUNetTrainerBarlowKD_AnySubset_PixelKD", device=torch.device("cpu"))
+    trainer = nnunet_env.make_trainer("nnUNetTrainerBarlowKD_AnySubset_PixelKD", monkeypatch)
     trainer.initialize()
     dl_train, _ = trainer.get_dataloaders()
     batch = next(dl_train)  # what nnU-Net's training loop hands to train_step: preprocessed + augmented

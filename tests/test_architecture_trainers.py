@@ -18,13 +18,6 @@ pytestmark = pytest.mark.slow
 SMOKE_TRAINERS = ("nnUNetTrainerUNet_smoke", "nnUNetTrainerResidualUNet_VAE_smoke", "nnUNetTrainerCascadedUNet_smoke")
 
 
-def ensure_trained(env: NnunetEnv, trainer: str, fold: str = "0") -> Path:
-    """Train ``trainer`` on fold ``fold`` with nnUNetv2_train unless this session already did (shared by modules)."""
-    folder = env.model_folder(trainer)
-    if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-        env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", fold, "-tr", trainer,
-                "-device", "cpu")
-    return folder
 
 
 def managers(env: NnunetEnv):
@@ -47,7 +40,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module", params=SMOKE_TRAINERS)
 def trained(request, nnunet_env: NnunetEnv) -> tuple[str, Path]:
-    return request.param, ensure_trained(nnunet_env, request.param)
+    return request.param, nnunet_env.ensure_trained(request.param)
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerUNet", "nnUNetTrainerResidualUNet", "nnUNetTrainerResidualUNet_VAE",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, NnunetEnv
+from conftest import BIN, IN_PROCESS_ENV_KEYS, NnunetEnv, random_batch
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def fake_teacher(env: NnunetEnv, teacher: Path, name: str, change) -> str:
 
 @pytest.fixture
 def env_vars(nnunet_env: NnunetEnv, monkeypatch) -> None:
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+    for key in IN_PROCESS_ENV_KEYS:
         monkeypatch.setenv(key, nnunet_env.env[key])
 
 
@@ -94,15 +94,6 @@ def make_trainer(env: NnunetEnv, name: str, fold: int = 0):
     from nnunetv2.run.run_training import get_trainer_from_args
 
     return get_trainer_from_args(str(env.dataset_id), "3d_fullres", fold, name, device=torch.device("cpu"))
-
-
-def random_batch(trainer) -> dict:
-    patch = list(trainer.configuration_manager.patch_size)
-    torch.manual_seed(0)
-    data = torch.randn(2, 4, *patch)
-    targets = [(torch.rand(2, 3, *[int(round(p * s)) for p, s in zip(patch, scale)]) > 0.7).float()
-               for scale in trainer._get_deep_supervision_scales()]
-    return {"data": data, "target": targets}
 
 
 # ---------------------------------------------------------------------------------------------- through nnUNetv2_train

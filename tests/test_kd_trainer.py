@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import BIN, NnunetEnv
+from conftest import BIN, NnunetEnv, random_batch
 
 pytestmark = pytest.mark.slow
 
@@ -169,18 +169,10 @@ def test_interrupted_run_resumes_with_continue(nnunet_env: NnunetEnv, tmp_path: 
 
 
 def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: NnunetEnv, monkeypatch):
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-        monkeypatch.setenv(key, nnunet_env.env[key])
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args(str(nnunet_env.dataset_id), "3d_fullres", 0, "nnUNetTrainerBarlowKD_T1ceFlair",
-                                    device=torch.device("cpu"))
+    trainer = nnunet_env.make_trainer("nnUNetTrainerBarlowKD_T1ceFlair", monkeypatch)
     trainer.initialize()
-    patch = list(trainer.configuration_manager.patch_size)
-    torch.manual_seed(0)
-    data = torch.randn(2, 4, *patch)
-    targets = [(torch.rand(2, 3, *[int(round(p * s)) for p, s in zip(patch, scale)]) > 0.7).float()
-               for scale in trainer._get_deep_supervision_scales()]
+    batch = random_batch(trainer)
+    data = batch["data"]
     seen = {}
     trainer.network.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0].clone()))
     teacher = trainer.kd_modules["teacher"]
@@ -191,7 +183,7 @@ def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: Nn
                "teacher_projector": trainer.kd_modules["teacher_projector"][0].weight}
     before = {k: v.detach().clone() for k, v in watched.items()}
 
-    out = trainer.train_step({"data": data, "target": targets})
+    out = trainer.train_step(batch)
 
     assert torch.equal(seen["student"], data[:, [1, 3]])
     assert torch.equal(seen["teacher"], data)
@@ -200,6 +192,10 @@ def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: Nn
     assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
+    # under CUDA autocast the bottlenecks arrive in half precision; the fp32 projectors must accept them
+    latent = torch.randn(2, trainer.kd_modules["student_projector"][0].in_channels, 3, 3, 3)
+    terms = trainer.distillation_terms(None, None, latent.half(), latent.bfloat16())
+    assert terms["barlow_loss"].dtype == torch.float32 and torch.isfinite(terms["barlow_loss"])
 
 
 def test_find_best_configuration_works_on_the_student(nnunet_env: NnunetEnv, kd_run: Path):

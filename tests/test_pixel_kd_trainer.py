@@ -8,7 +8,7 @@ import pytest
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from conftest import BIN, NnunetEnv
+from conftest import BIN, NnunetEnv, random_batch
 from nnunet_kd.losses.pixel_kd import PixelKDLoss
 
 pytestmark = pytest.mark.slow
@@ -29,21 +29,12 @@ def test_nnunetv2_train_barlow_and_pixel_kd_smoke(nnunet_env: NnunetEnv):
 
 
 def test_pixel_kd_only_train_step(nnunet_env: NnunetEnv, monkeypatch):
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-        monkeypatch.setenv(key, nnunet_env.env[key])
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args(str(nnunet_env.dataset_id), "3d_fullres", 0, "nnUNetTrainerPixelKD",
-                                    device=torch.device("cpu"))
+    trainer = nnunet_env.make_trainer("nnUNetTrainerPixelKD", monkeypatch)
     trainer.initialize()
     assert set(trainer.kd_modules) == {"teacher"}  # no Barlow Twins projectors
     assert trainer.loss_weights() == {"student_seg_loss": 1.0, "teacher_seg_loss": 1.0,
                                       "pixel_kd_loss": trainer.pixel_kd_weight}
-    patch = list(trainer.configuration_manager.patch_size)
-    torch.manual_seed(0)
-    data = torch.randn(2, 4, *patch)
-    targets = [(torch.rand(2, 3, *[int(round(p * s)) for p, s in zip(patch, scale)]) > 0.7).float()
-               for scale in trainer._get_deep_supervision_scales()]
+    batch = random_batch(trainer)
     outputs = {}
 
     def keep(name):
@@ -52,7 +43,7 @@ def test_pixel_kd_only_train_step(nnunet_env: NnunetEnv, monkeypatch):
     trainer.network.register_forward_hook(keep("student"))
     trainer.kd_modules["teacher"].register_forward_hook(keep("teacher"))
 
-    out = trainer.train_step({"data": data, "target": targets})
+    out = trainer.train_step(batch)
 
     assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "pixel_kd_loss"}
     assert float(out["loss"]) == pytest.approx(out["student_seg_loss"] + out["teacher_seg_loss"] +

@@ -184,18 +184,11 @@ def test_list_cases_requires_every_channel(tmp_path: Path):
 
 # --- the real thing: nnU-Net models trained in this session -----------------------------------------------------------
 
-def ensure_trained(env: NnunetEnv, trainer: str, fold: str = "0") -> Path:
-    """Train ``trainer`` with nnUNetv2_train unless this session already did (shared with other test modules)."""
-    folder = env.model_folder(trainer)
-    if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-        env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", fold, "-tr", trainer,
-                "-device", "cpu")
-    return folder
 
 
 @pytest.mark.slow
 def test_pseudolabel_two_parts_with_real_models(nnunet_env: NnunetEnv, tmp_path: Path):
-    models = [ensure_trained(nnunet_env, t) for t in ("nnUNetTrainerUNet_smoke", "nnUNetTrainerCascadedUNet_smoke")]
+    models = [nnunet_env.ensure_trained(t) for t in ("nnUNetTrainerUNet_smoke", "nnUNetTrainerCascadedUNet_smoke")]
     images = nnunet_env.dataset_raw / "imagesTs"
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
     assert len(cases) >= 2

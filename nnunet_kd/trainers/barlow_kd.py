@@ -145,8 +145,9 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         """Terms moving knowledge from teacher to student: Barlow Twins on the projected bottlenecks."""
         if not self.use_barlow:
             return {}
-        z_teacher = self.kd_modules["teacher_projector"](teacher_latent).float()
-        z_student = self.kd_modules["student_projector"](student_latent).float()
+        # fp32 projectors on fp32 features: under CUDA autocast the bottlenecks arrive in fp16
+        z_teacher = self.kd_modules["teacher_projector"](teacher_latent.float())
+        z_student = self.kd_modules["student_projector"](student_latent.float())
         return {"barlow_loss": self.barlow_loss(z_teacher, z_student)}
 
     def initialize(self):
