@@ -2,22 +2,19 @@
 
 Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports
 (torch, nnU-Net) happen inside ``run`` so that ``nnunet-kd --help`` stays fast. Register a new subcommand by
-adding its module name to :data:`COMMAND_MODULES`.
-"""
-
-COMMAND_MODULES: tuple[str, ...] = (
-    "evaluate",
-    "report",
+adding its module name to :data:`COMMAND_MODULES: tuple[str, ...] = (
     "demo",
+    "synth",
+    "convert_brats",
+    "select_modalities",
+    "export_brats",
     "ext_path",
     "export_teacher",
-    "convert_brats",
-    "export_brats",
-    "select_modalities",
-    "synth",
-    "pseudolabel",
-    "make_distill_dataset",
     "set_teacher",
     "export_subset",
     "evaluate_subsets",
+    "pseudolabel",
+    "make_distill_dataset",
+    "evaluate",
+    "report",
 )
