@@ -2,7 +2,10 @@
 
 Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports
 (torch, nnU-Net) happen inside ``run`` so that ``nnunet-kd --help`` stays fast. Register a new subcommand by
-adding its module name to :data:`COMMAND_MODULES: tuple[str, ...] = (
+adding its module name to :data:`COMMAND_MODULES` (listed in workflow order).
+"""
+
+COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "synth",
     "convert_brats",
