@@ -7,7 +7,9 @@ for external trainer folders; :func:`trainer_registry_folder` is the folder to p
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError
@@ -43,6 +45,12 @@ def nnunet_results() -> Path:
     return _folder(RESULTS)
 
 
+def nnunet_results_if_set() -> Path | None:
+    """``$nnUNet_results``, or None when unset (for optional look-ups)."""
+    value = os.environ.get(RESULTS)
+    return Path(value) if value else None
+
+
 def trainer_registry_folder() -> Path:
     """The folder to list in ``nnUNet_extTrainer``: it holds only trainer re-export modules."""
     return Path(__file__).resolve().parent / "trainer_registry"
@@ -68,3 +76,17 @@ def environment_with_trainers(base: dict[str, str] | None = None) -> dict[str, s
         entries.append(folder)
     env[EXT_TRAINER] = os.pathsep.join(entries)
     return env
+
+
+@contextlib.contextmanager
+def trainers_findable() -> Iterator[None]:
+    """Within the block, nnU-Net code running in this process also finds our trainers; restored afterwards."""
+    old = os.environ.get(EXT_TRAINER)
+    os.environ[EXT_TRAINER] = environment_with_trainers()[EXT_TRAINER]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(EXT_TRAINER, None)
+        else:
+            os.environ[EXT_TRAINER] = old

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 
 import pytest
@@ -63,3 +64,16 @@ def test_without_ext_variable_our_trainer_is_not_found(nnunet_env: NnunetEnv):
     proc = nnunet_env.run(str(BIN / "nnUNetv2_train"), str(nnunet_env.dataset_id), "3d_fullres", "0", "-tr",
                           "nnUNetTrainer_smoke", "-device", "cpu", check=False, extra_env={EXT_TRAINER: ""})
     assert proc.returncode != 0 and "Could not find requested nnunet trainer" in proc.stderr
+
+
+def test_trainers_findable_sets_and_restores_the_variable(monkeypatch):
+    from nnunet_kd.paths import trainers_findable
+
+    monkeypatch.setenv(EXT_TRAINER, "/elsewhere")
+    with trainers_findable():
+        assert os.environ[EXT_TRAINER].split(":") == ["/elsewhere", str(trainer_registry_folder())]
+    assert os.environ[EXT_TRAINER] == "/elsewhere"
+    monkeypatch.delenv(EXT_TRAINER)
+    with trainers_findable():
+        assert os.environ[EXT_TRAINER] == str(trainer_registry_folder())
+    assert EXT_TRAINER not in os.environ

@@ -53,14 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_path(text: str) -> tuple[Path, list[str] | None]:
-    import os
-
     from nnunet_kd.distillation.pseudolabel import parse_model_spec
-    from nnunet_kd.paths import RESULTS
+    from nnunet_kd.paths import nnunet_results_if_set
 
     folder, folds = parse_model_spec(text)
-    if not folder.is_absolute() and not folder.exists() and os.environ.get(RESULTS):
-        candidate = Path(os.environ[RESULTS]) / folder
+    results = nnunet_results_if_set()
+    if not folder.is_absolute() and not folder.exists() and results is not None:
+        candidate = results / folder
         if candidate.exists():
             folder = candidate
     return folder, folds

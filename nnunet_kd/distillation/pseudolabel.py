@@ -25,12 +25,11 @@ Public functions: :func:`parse_model_spec`, :func:`resolve_members`, :func:`list
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
+from nnunet_kd.paths import trainers_findable
 
 CHECKPOINT = "checkpoint_final.pth"
 REPORT_NAME = "pseudolabels.json"
@@ -167,22 +167,6 @@ def split_cases(cases: Sequence[str], num_parts: int = 1, part_id: int = 0) -> l
     return sorted(cases)[part_id::num_parts]
 
 
-@contextlib.contextmanager
-def _trainers_findable() -> Iterator[None]:
-    """Let nnU-Net find nnunet-kd trainers (nnUNet_extTrainer) inside this process, restored afterwards."""
-    from nnunet_kd.paths import EXT_TRAINER, environment_with_trainers
-
-    old = os.environ.get(EXT_TRAINER)
-    os.environ[EXT_TRAINER] = environment_with_trainers()[EXT_TRAINER]
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(EXT_TRAINER, None)
-        else:
-            os.environ[EXT_TRAINER] = old
-
-
 def predict_member(member: EnsembleMember, cases: dict[str, list[Path]], out_dir: Path, device: str = "cuda",
                    use_mirroring: bool = True, tile_step_size: float = 0.5, num_processes: int = 0,
                    resume: bool = False, checkpoint_name: str = CHECKPOINT) -> None:
@@ -199,7 +183,7 @@ def predict_member(member: EnsembleMember, cases: dict[str, list[Path]], out_dir
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
                                 verbose=False, allow_tqdm=False)
-    with _trainers_findable():
+    with trainers_findable():
         predictor.initialize_from_trained_model_folder(str(member.model_folder), use_folds=(member.fold,),
                                                        checkpoint_name=checkpoint_name)
     names = sorted(cases)
