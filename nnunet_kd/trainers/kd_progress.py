@@ -17,24 +17,28 @@ def plot_kd_progress(logging: Mapping[str, list], png_path: str | os.PathLike) -
     if n == 0:
         return
     epochs = list(range(n))
-    fig, (ax_dice, ax_loss) = plt.subplots(2, 1, figsize=(10, 9), sharex=True)
-    ax_dice.plot(epochs, logging["mean_fg_dice"][:n], "g-", label="student pseudo Dice")
-    ax_dice.plot(epochs, logging["teacher_mean_fg_dice"][:n], "b-", label="teacher pseudo Dice")
-    if len(logging.get("ema_fg_dice", [])) >= n:
-        ax_dice.plot(epochs, logging["ema_fg_dice"][:n], "g:", label="student (moving average)")
-    ax_dice.set_ylabel("pseudo Dice (validation patches)")
-    ax_dice.set_ylim(0, 1)
-    ax_dice.legend(loc="lower right")
-    loss_keys = sorted(k for k in logging if k.endswith("_loss")) + ["val_losses"]
-    for key in loss_keys:  # every named loss term of the trainer, plus nnU-Net's validation loss
-        if len(logging.get(key, [])) >= n:
-            ax_loss.plot(epochs, logging[key][:n], "--" if key == "val_losses" else "-", label=key)
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(loc="upper right")
-    fig.suptitle("nnunet-kd: teacher-student training progress")
-    fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    # nnU-Net's own progress plot changes matplotlib's global style (seaborn, font_scale 2.5): draw in the default one
+    with plt.style.context("default"):
+        fig, (ax_dice, ax_loss) = plt.subplots(2, 1, figsize=(10, 9), sharex=True)
+        ax_dice.plot(epochs, logging["mean_fg_dice"][:n], "g-", label="student pseudo Dice")
+        ax_dice.plot(epochs, logging["teacher_mean_fg_dice"][:n], "b-", label="teacher pseudo Dice")
+        if len(logging.get("ema_fg_dice", [])) >= n:
+            ax_dice.plot(epochs, logging["ema_fg_dice"][:n], "g:", label="student (moving average)")
+        ax_dice.set_ylabel("pseudo Dice (validation patches)")
+        ax_dice.set_ylim(0, 1)
+        ax_dice.grid(alpha=0.3)
+        ax_dice.legend(loc="lower right")
+        loss_keys = sorted(k for k in logging if k.endswith("_loss")) + ["val_losses"]
+        for key in loss_keys:  # every named loss term of the trainer, plus nnU-Net's validation loss
+            if len(logging.get(key, [])) >= n:
+                ax_loss.plot(epochs, logging[key][:n], "--" if key == "val_losses" else "-", label=key)
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("loss")
+        ax_loss.grid(alpha=0.3)
+        ax_loss.legend(loc="upper right")
+        fig.suptitle("nnunet-kd: teacher-student training progress")
+        fig.tight_layout()
+        tmp = f"{png_path}.tmp.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
     os.replace(tmp, png_path)
