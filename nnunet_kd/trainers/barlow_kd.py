@@ -242,9 +242,8 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
                 teacher_result = super().validation_step(batch)
             finally:
                 self.network = student
-            self._latents.clear()
             result.update({f"teacher_{k}": v for k, v in teacher_result.items()})
-        self._latents.clear()
+        self._latents.clear()  # bottlenecks captured by the hooks are only used in training
         return result
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
