@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "demo"
-HELP = "run the whole workflow on synthetic data on a CPU (about 10-15 minutes)"
+HELP = "run the whole workflow on synthetic data on a CPU (about 8 minutes on 2 cores)"
 DESCRIPTION = (
     "Synthesises BraTS-like cases, converts them, runs nnUNetv2_plan_and_preprocess, trains the teacher-student\n"
     "KD trainer for a few minutes (nnUNetTrainerBarlowKD_demo), predicts held-out cases from FLAIR + T1ce only with\n"
