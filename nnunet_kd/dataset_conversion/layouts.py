@@ -135,6 +135,17 @@ def _kind(layout: str) -> str:
     return "legacy" if layout in ("2018", "2019") else layout
 
 
+def _single_kind(folder: Path, wanted: str | None) -> str | None:
+    """The one layout kind of the cases directly in ``folder`` (restricted to ``wanted``), None if it has none."""
+    kinds = _kinds_in(folder)
+    if wanted is not None:
+        kinds &= {wanted}
+    if len(kinds) > 1:
+        raise NnunetKDError(f"{folder} mixes cases of several layouts ({', '.join(sorted(kinds))}); "
+                            f"pass --layout or separate them")
+    return kinds.pop() if kinds else None
+
+
 def _releases(src: Path, layout: str) -> tuple[str, list[Path]]:
     """The layout kind and the release folders to read for ``src`` (itself, or release sub-folders)."""
     if not src.exists():
@@ -142,24 +153,14 @@ def _releases(src: Path, layout: str) -> tuple[str, list[Path]]:
     if not src.is_dir():
         raise NnunetKDError(f"source {src} is not a folder; pass a BraTS release folder or its parent")
     wanted = None if layout == "auto" else _kind(layout)
-    own = _kinds_in(src)
-    if wanted is not None:
-        own &= {wanted}
-    if len(own) > 1:
-        raise NnunetKDError(f"{src} mixes cases of several layouts ({', '.join(sorted(own))}); "
-                            f"pass --layout or separate them")
-    if own:
-        return own.pop(), [src]
+    own = _single_kind(src, wanted)
+    if own is not None:
+        return own, [src]
     found: dict[Path, str] = {}
     for sub in _subdirs(src):
-        kinds = _kinds_in(sub)
-        if wanted is not None:
-            kinds &= {wanted}
-        if len(kinds) > 1:
-            raise NnunetKDError(f"{sub} mixes cases of several layouts ({', '.join(sorted(kinds))}); "
-                                f"pass --layout or separate them")
-        if kinds:
-            found[sub] = kinds.pop()
+        kind = _single_kind(sub, wanted)
+        if kind is not None:
+            found[sub] = kind
     if not found:
         what = f"BraTS {layout} cases" if wanted else "BraTS release"
         raise NnunetKDError(
