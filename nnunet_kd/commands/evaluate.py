@@ -12,56 +12,84 @@ NAME = "evaluate"
 HELP = "BraTS metrics (Dice, HD95, lesion-wise) of predicted label maps against reference label maps"
 DESCRIPTION = (
     "Scores every CASE.nii.gz of GT_DIR (e.g. labelsTr) against PRED_DIR/CASE.nii.gz for the regions WT, TC\n"
-    "and ET: Dice, HD95 (legacy BraTS: max of the directed 95th percentiles of surface distances, mm;\n"
-    "373.13 mm if exactly one of the two is empty, 0 if both are), sensitivity, specificity, volumes (mm^3)\n"
-    "and the BraTS 2023 lesion-wise Dice/HD95. Writes OUT/per_case.csv, OUT/summary.csv and\n"
-    "OUT/summary.json (mean, median, std, quartiles) and prints a summary table."
+    "and ET with the definitions of the BraTS 2023 reference evaluation (BraTS-2023-Metrics): Dice, HD95\n"
+    "(area-weighted surface elements, mm; 374 mm if exactly one of the two is empty, 0 if both are),\n"
+    "sensitivity, specificity, volumes (mm^3) and the lesion-wise Dice/HD95. Every file is checked to be\n"
+    "complete and to hold integer labels of its folder's convention. Writes OUT/per_case.csv,\n"
+    "OUT/summary.csv and OUT/summary.json (mean, median, std, quartiles) and prints a summary table.\n"
+    "Label conventions: nnU-Net predictions use dataset137 (ED 1, NCR 2, ET 3); raw BraTS 2023 GLI labels\n"
+    "use the same values with other meanings (NETC 1, SNFH 2, ET 3): pass --gt-convention 2023 for them.\n"
+    "See docs/evaluation.md for how these numbers relate to other BraTS evaluation tools."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_kd.brats import CONVENTIONS
+    from nnunet_kd.evaluation.lesionwise import TASK_PARAMETERS
 
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted label maps CASE.nii.gz")
     parser.add_argument("gt_dir", type=Path, metavar="GT_DIR",
                         help="folder of reference label maps CASE.nii.gz (e.g. labelsTr)")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="output folder (default: PRED_DIR/evaluation)")
-    parser.add_argument("--convention", default="dataset137", choices=sorted(CONVENTIONS),
-                        help="label convention of both folders (default: dataset137, nnU-Net's ED 1, NCR 2, ET 3)")
+                        help="output folder (default: PRED_DIR/evaluation); must be new or empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    names = sorted(CONVENTIONS)
+    parser.add_argument("--pred-convention", default=None, choices=names,
+                        help="label convention of PRED_DIR (default: dataset137, nnU-Net's ED 1, NCR 2, ET 3)")
+    parser.add_argument("--gt-convention", default=None, choices=names,
+                        help="label convention of GT_DIR (default: dataset137; raw BraTS 2023 labels: 2023)")
+    parser.add_argument("--convention", default=None, choices=names,
+                        help="shorthand: the same convention for both folders (not with --pred/--gt-convention)")
     parser.add_argument("--num-processes", "-np", type=int, default=min(8, os.cpu_count() or 1),
                         help="worker processes, one case each (default: number of CPUs, at most 8)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="count reference cases without prediction as empty predictions (with a warning)")
     parser.add_argument("--file-ending", default=".nii.gz", help="file ending of the label maps (default .nii.gz)")
+    parser.add_argument("--task", default="GLI", choices=sorted(TASK_PARAMETERS),
+                        help="BraTS 2023 challenge whose lesion-wise dilation and volume threshold to use "
+                             "(default GLI: 3 iterations, 50 mm^3; MEN 1/50, MET 1/2, PED 3/50, SSA 3/50)")
     parser.add_argument("--lesion-dilation", type=int, default=None,
-                        help="lesion-wise GT dilation iterations (default 3, BraTS-GLI)")
+                        help="lesion-wise GT dilation iterations, >= 0 (default: the --task's value)")
     parser.add_argument("--lesion-min-volume", type=float, default=None,
-                        help="lesion-wise: GT lesions of at most this volume (mm^3) are ignored (default 50)")
+                        help="lesion-wise: GT lesions of at most this volume (mm^3, >= 0) are ignored "
+                             "(default: the --task's value)")
+    parser.add_argument("--hd95-penalty", type=float, default=None,
+                        help="HD95 (mm) when exactly one of prediction and reference is empty (default 374, as the "
+                             "BraTS 2023 reference; 373.13 was the BraTS 2018-2021 value)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_kd.errors import ConfigurationError
-    from nnunet_kd.evaluation import evaluate
+    from nnunet_kd.evaluation import evaluate, lesionwise
 
     if args.num_processes < 1:
         raise ConfigurationError(f"--num-processes must be at least 1, got {args.num_processes}")
-    defaults = evaluate.EvaluationSettings()
+    if args.convention is not None and (args.pred_convention or args.gt_convention):
+        raise ConfigurationError("give either --convention (both folders) or --pred-convention/--gt-convention")
+    if args.lesion_dilation is not None and args.lesion_dilation < 0:
+        raise ConfigurationError(f"--lesion-dilation must be 0 or more, got {args.lesion_dilation}")
+    if args.lesion_min_volume is not None and not args.lesion_min_volume >= 0:
+        raise ConfigurationError(f"--lesion-min-volume must be 0 or more (mm^3), got {args.lesion_min_volume}")
+    if args.hd95_penalty is not None and not args.hd95_penalty >= 0:
+        raise ConfigurationError(f"--hd95-penalty must be 0 or more (mm), got {args.hd95_penalty}")
+    dilation, min_volume = lesionwise.TASK_PARAMETERS[args.task]
+    default = args.convention or "dataset137"
     settings = evaluate.EvaluationSettings(
-        convention=args.convention,
-        lesion_dilation_iterations=defaults.lesion_dilation_iterations if args.lesion_dilation is None
-        else args.lesion_dilation,
-        lesion_volume_threshold_mm3=defaults.lesion_volume_threshold_mm3 if args.lesion_min_volume is None
-        else args.lesion_min_volume,
+        pred_convention=args.pred_convention or default,
+        gt_convention=args.gt_convention or default,
+        hd95_penalty=evaluate.EvaluationSettings.hd95_penalty if args.hd95_penalty is None else args.hd95_penalty,
+        lesion_dilation_iterations=dilation if args.lesion_dilation is None else args.lesion_dilation,
+        lesion_volume_threshold_mm3=min_volume if args.lesion_min_volume is None else args.lesion_min_volume,
     )
     out = args.output if args.output is not None else args.pred_dir / "evaluation"
+    evaluate.check_output_folder(out, args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         _, summary = evaluate.evaluate_folders(
-            args.pred_dir, args.gt_dir, out, convention=args.convention, num_processes=args.num_processes,
-            allow_missing=args.allow_missing, progress=not args.no_progress, file_ending=args.file_ending,
-            settings=settings)
+            args.pred_dir, args.gt_dir, out, num_processes=args.num_processes, allow_missing=args.allow_missing,
+            progress=not args.no_progress, file_ending=args.file_ending, settings=settings,
+            overwrite=args.overwrite)
     for w in caught:
         print(f"nnunet-kd {NAME}: warning: {w.message}", file=sys.stderr)
     print(evaluate.format_summary_table(summary))

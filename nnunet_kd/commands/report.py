@@ -18,7 +18,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folder, or NAME=PATH")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="report folder; must be new or empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty report folder")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of input images CASE_0003.nii.gz (FLAIR) for overlays (e.g. imagesTr)")
     parser.add_argument("--training-log", action="append", default=[], metavar="[NAME=]FOLD_DIR",
@@ -71,16 +73,18 @@ def _safe(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_kd.errors import InputDataError
-    from nnunet_kd.evaluation.evaluate import publish_folder
+    from nnunet_kd.evaluation.evaluate import check_output_folder, publish_folder
     from nnunet_kd.reporting import table
 
+    check_output_folder(args.output, args.overwrite)
     runs = table.load_runs(args.runs)
     training_logs = [table.parse_run_spec(spec) for spec in args.training_log]
     names = [name for name, _ in training_logs]
     if len(set(names)) != len(names):
         raise InputDataError(f"--training-log names {names} repeat; name them with NAME=FOLD_DIR")
     notes: list[str] = []
-    out = publish_folder(args.output, lambda tmp: notes.extend(_build(tmp, runs, args.images, training_logs)))
+    out = publish_folder(args.output, lambda tmp: notes.extend(_build(tmp, runs, args.images, training_logs)),
+                         overwrite=args.overwrite)
     print(table.table_markdown(table.compare_runs(runs)), end="")
     for note in notes:
         print(f"note: {note}")

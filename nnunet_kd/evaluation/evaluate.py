@@ -6,11 +6,17 @@ Public: :func:`evaluate_folders`, :func:`evaluate_case`, :func:`pair_cases`, :fu
 :func:`publish_folder` (used by the reporting stage too).
 
 Folders are nnU-Net style: one ``CASE<file_ending>`` label map per case (the GT folder is e.g. ``labelsTr``).
-Both are read with SimpleITK; the voxel spacing comes from the image header. Labels are mapped to the canonical
-labels with :func:`nnunet_kd.brats.get_convention` (the same convention for prediction and reference), then the
-regions of :data:`nnunet_kd.brats.REGIONS` are scored with :mod:`.metrics` and :mod:`.lesionwise`.
+Both are read with SimpleITK and checked to be complete (a truncated ``.nii.gz``/``.nii`` is read by SimpleITK
+without complaint and would be scored as if its missing voxels were background); the voxel spacing comes from
+the image header. Labels are mapped to the canonical labels with :func:`nnunet_kd.brats.get_convention`, each
+folder with its own convention (raw BraTS 2023 labels and nnU-Net predictions both use the values 0-3 with
+different meanings, so one shared convention would silently swap edema and necrosis for one side), then the
+regions of :data:`nnunet_kd.brats.REGIONS` are scored with :mod:`.metrics` and :mod:`.lesionwise`. Any bad file
+(unreadable, truncated, wrong geometry, label values outside its convention or not integers) stops the run with
+one line naming the case and the file, before anything is written.
 
-Output folder (written atomically: built in a temporary folder next to it, then moved into place):
+Output folder (written atomically: built in a temporary folder next to it, then moved into place; an existing
+non-empty folder is refused unless ``overwrite``, and then replaced as a whole):
 
 * ``per_case.csv`` — one row per case: ``case``, ``pred_file``, ``gt_file`` (absolute paths; ``pred_file`` is
   empty for a missing prediction), ``missing_prediction`` (0/1), then ``<REGION>_<metric>`` for regions
@@ -22,6 +28,7 @@ Output folder (written atomically: built in a temporary folder next to it, then 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -38,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_kd import brats
-from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
 from nnunet_kd.evaluation import lesionwise, metrics
 
 #: Region abbreviations in the order of :data:`nnunet_kd.brats.REGIONS` (WT, TC, ET).
@@ -52,9 +59,9 @@ PER_CASE_CSV = "per_case.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "q25", "q75", "n")
-HD95_DEFINITION = ("legacy BraTS HD95: max of the two directed 95th percentiles (numpy linear interpolation) of "
-                   "distances between 6-connected-erosion surface voxels, in mm (Bakas et al. 2018, "
-                   "arXiv:1811.02629)")
+HD95_DEFINITION = ("BraTS 2023 reference HD95 (BraTS-2023-Metrics via DeepMind surface_distance): max of the two "
+                   "directed area-weighted 95th percentiles of distances between surface elements on the voxel-corner "
+                   "grid, in mm")
 
 
 def metric_column(region: str, metric: str) -> str:
@@ -75,11 +82,27 @@ class CasePair:
 class EvaluationSettings:
     """Everything :func:`evaluate_case` needs besides the files (picklable for worker processes)."""
 
-    convention: str = "dataset137"
+    pred_convention: str = "dataset137"
+    gt_convention: str = "dataset137"
     hd95_penalty: float = metrics.HD95_PENALTY_MM
     lesion_dilation_iterations: int = lesionwise.GLI_DILATION_ITERATIONS
     lesion_volume_threshold_mm3: float = lesionwise.GLI_VOLUME_THRESHOLD_MM3
     lesion_hd95_penalty: float = lesionwise.LESION_HD95_PENALTY_MM
+
+    def __post_init__(self) -> None:
+        for what, name in (("prediction", self.pred_convention), ("reference", self.gt_convention)):
+            if str(name).lower() not in brats.CONVENTIONS:
+                raise ConfigurationError(f"unknown {what} label convention '{name}'; expected one of "
+                                         f"{', '.join(brats.CONVENTIONS)}")
+        k = self.lesion_dilation_iterations
+        if isinstance(k, bool) or int(k) != k or k < 0:
+            raise ConfigurationError(f"lesion-wise dilation must be a non-negative whole number, got {k}")
+        if not (math.isfinite(self.lesion_volume_threshold_mm3) and self.lesion_volume_threshold_mm3 >= 0):
+            raise ConfigurationError(f"lesion-wise minimum volume must be a non-negative number of mm^3, got "
+                                     f"{self.lesion_volume_threshold_mm3}")
+        for what, v in (("HD95 penalty", self.hd95_penalty), ("lesion-wise HD95 penalty", self.lesion_hd95_penalty)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigurationError(f"{what} must be a non-negative number of mm, got {v}")
 
 
 @dataclass(frozen=True)
@@ -119,20 +142,28 @@ def pair_cases(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, file_endi
     return [CasePair(c, gts[c].resolve(), preds[c].resolve() if c in preds else None) for c in gts]
 
 
-def read_label_map(path: str | os.PathLike, case: str = "") -> LabelMap:
-    """Read a label map with SimpleITK; spacing/origin/direction reordered to the numpy axis order (z, y, x)."""
+def read_label_map(path: str | os.PathLike, case: str = "", role: str = "label map") -> LabelMap:
+    """Read a label map with SimpleITK; spacing/origin/direction reordered to the numpy axis order (z, y, x).
+
+    NIfTI files (``.nii``, ``.nii.gz``) are also checked to hold all the voxels their header promises. Any
+    problem is one :class:`InputDataError` line naming ``case``, ``role`` and the file."""
     import SimpleITK as sitk
 
+    from nnunet_kd.dataset_conversion._io import check_complete, one_line
+
+    path = Path(path)
     try:
         img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise InputDataError(f"case {case}: cannot read {path}: {first}") from None
+        if path.name.endswith((".nii.gz", ".nii")):
+            check_complete(path)
+        array = sitk.GetArrayFromImage(img)
+    except Exception as e:  # SimpleITK, nibabel, zlib and OS errors alike
+        raise InputDataError(f"case {case}: cannot read {role} file {path}: {one_line(e)}") from None
     if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() != 3:
-        raise InputDataError(f"case {case}: {path} is not a 3D single-channel label map")
+        raise InputDataError(f"case {case}: {role} file {path} is not a 3D single-channel label map")
     dim = img.GetDimension()
     direction = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[::-1, ::-1]
-    return LabelMap(sitk.GetArrayFromImage(img), tuple(img.GetSpacing()[::-1]), tuple(img.GetOrigin()[::-1]),
+    return LabelMap(array, tuple(img.GetSpacing()[::-1]), tuple(img.GetOrigin()[::-1]),
                     tuple(direction.ravel()))
 
 
@@ -151,25 +182,48 @@ def _rounded(values: Sequence) -> tuple[float, ...]:
     return tuple(round(float(x), 4) for x in values)
 
 
-def _canonical(case: str, lm: LabelMap, path: Path, convention: brats.LabelConvention) -> np.ndarray:
-    try:
-        return convention.to_canonical_array(lm.array)
-    except ValueError as e:
-        raise InputDataError(f"case {case}: {path}: {e}") from None
+def _canonical(case: str, lm: LabelMap, path: Path, role: str, convention: brats.LabelConvention) -> np.ndarray:
+    """Canonical labels of a label map; non-integer or unexpected values are one line naming case and file."""
+    arr = lm.array
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            values = np.unique(arr[bad])
+            shown = ", ".join(f"{v:g}" for v in values[:5]) + (f" and {values.size - 5} more"
+                                                               if values.size > 5 else "")
+            raise InputDataError(f"case {case}: {role} file {path} has non-integer label values {shown}")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind not in "iu":
+        raise InputDataError(f"case {case}: {role} file {path} has voxel type {arr.dtype}, not a label map")
+    top = max(convention.to_canonical)
+    lut = np.full(top + 1, 255, dtype=np.uint8)
+    for src, dst in convention.to_canonical.items():
+        lut[src] = dst
+    outside = (arr < 0) | (arr > top)
+    out = lut[np.where(outside, 0, arr)] if outside.any() else lut[arr]
+    wrong = outside | (out == 255)
+    if wrong.any():
+        unexpected = [int(v) for v in np.unique(arr[wrong])]
+        raise InputDataError(f"case {case}: {role} file {path} has label value(s) {unexpected}, not allowed in the "
+                             f"{convention.name} convention ({convention.description}; allowed: "
+                             f"{list(convention.allowed_values)})")
+    return out
 
 
 def evaluate_case(pair: CasePair, settings: EvaluationSettings | None = None) -> dict:
     """All metrics of one case as one ``per_case.csv`` row (see the module docstring for the columns)."""
     settings = settings or EvaluationSettings()
-    conv = brats.get_convention(settings.convention)
-    gt_map = read_label_map(pair.gt_file, pair.case)
-    gt = _canonical(pair.case, gt_map, pair.gt_file, conv)
+    gt_map = read_label_map(pair.gt_file, pair.case, "reference")
+    gt = _canonical(pair.case, gt_map, pair.gt_file, "reference", brats.get_convention(settings.gt_convention))
     if pair.pred_file is None:
         pred = np.zeros_like(gt)
     else:
-        pred_map = read_label_map(pair.pred_file, pair.case)
+        pred_map = read_label_map(pair.pred_file, pair.case, "prediction")
         _check_geometry(pair.case, pred_map, pair.pred_file, gt_map, pair.gt_file)
-        pred = _canonical(pair.case, pred_map, pair.pred_file, conv)
+        pred = _canonical(pair.case, pred_map, pair.pred_file, "prediction",
+                          brats.get_convention(settings.pred_convention))
     spacing = gt_map.spacing
     row: dict = {"case": pair.case, "pred_file": str(pair.pred_file) if pair.pred_file else "",
                  "gt_file": str(pair.gt_file), "missing_prediction": int(pair.pred_file is None)}
@@ -231,20 +285,22 @@ def _run_cases(pairs: Sequence[CasePair], settings: EvaluationSettings, num_proc
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
-                     out_dir: str | os.PathLike | None = None, convention: str = "dataset137",
+                     out_dir: str | os.PathLike | None = None, convention: str | None = None,
                      num_processes: int = 1, allow_missing: bool = False, progress: bool = True,
-                     file_ending: str = ".nii.gz", settings: EvaluationSettings | None = None
-                     ) -> tuple[list[dict], dict]:
+                     file_ending: str = ".nii.gz", settings: EvaluationSettings | None = None,
+                     overwrite: bool = True) -> tuple[list[dict], dict]:
     """Evaluate every reference case of ``gt_dir`` against ``pred_dir``; returns ``(per-case rows, summary)``.
 
     ``summary`` is the content of ``summary.json``. With ``out_dir`` the three output files are written there
-    atomically. Missing predictions are an :class:`InputDataError` unless ``allow_missing``; then they count as
-    empty predictions and a :class:`UserWarning` names them. ``settings`` overrides penalties and lesion-wise
-    parameters (its ``convention`` is replaced by ``convention``)."""
-    brats.get_convention(convention)  # fail early on an unknown name
-    base = settings or EvaluationSettings()
-    settings = EvaluationSettings(convention, base.hd95_penalty, base.lesion_dilation_iterations,
-                                  base.lesion_volume_threshold_mm3, base.lesion_hd95_penalty)
+    atomically (a non-empty ``out_dir`` is an error unless ``overwrite``; then it is replaced). Missing
+    predictions are an :class:`InputDataError` unless ``allow_missing``; then they count as empty predictions
+    and a :class:`UserWarning` names them. ``settings`` sets the label conventions of both folders, penalties and
+    lesion-wise parameters; ``convention``, if given, is the shorthand for one convention of both folders."""
+    settings = settings or EvaluationSettings()
+    if convention is not None:
+        settings = dataclasses.replace(settings, pred_convention=convention, gt_convention=convention)
+    if out_dir is not None and not overwrite:
+        check_output_folder(out_dir)
     pairs = pair_cases(pred_dir, gt_dir, file_ending, allow_missing)
     missing = [p.case for p in pairs if p.pred_file is None]
     if missing:
@@ -256,7 +312,10 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         "pred_dir": str(Path(pred_dir).resolve()),
         "gt_dir": str(Path(gt_dir).resolve()),
         "file_ending": file_ending,
-        "convention": convention,
+        "pred_convention": settings.pred_convention,
+        "gt_convention": settings.gt_convention,
+        "convention": (settings.pred_convention if settings.pred_convention == settings.gt_convention
+                       else f"prediction {settings.pred_convention}, reference {settings.gt_convention}"),
         "num_cases": len(rows),
         "missing_predictions": missing,
         "regions": list(REGION_KEYS),
@@ -271,7 +330,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         "metrics": summarize(rows),
     }
     if out_dir is not None:
-        write_evaluation(rows, summary, out_dir)
+        write_evaluation(rows, summary, out_dir, overwrite=overwrite)
     return rows, summary
 
 
@@ -291,29 +350,44 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def publish_folder(out_dir: str | os.PathLike, build: Callable[[Path], None]) -> Path:
-    """Let ``build(tmp)`` fill a temporary folder next to ``out_dir``, then move its content into ``out_dir``.
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an output that is a file, or (unless ``overwrite``) a folder that is not empty."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NnunetKDError(f"output {out} exists and is not a folder")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise NnunetKDError(f"output folder {out} already exists and is not empty; choose another folder, "
+                            f"remove it or pass --overwrite")
 
-    A new ``out_dir`` appears in one rename; into an existing folder each top-level entry is moved with an
-    atomic replace. If ``build`` fails nothing in ``out_dir`` changes."""
+
+def publish_folder(out_dir: str | os.PathLike, build: Callable[[Path], None], overwrite: bool = True) -> Path:
+    """Let ``build(tmp)`` fill a temporary folder next to ``out_dir``, then put it in place of ``out_dir``.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite``; then the old folder is moved aside, the new one
+    renamed into place and the old one deleted, so ``out_dir`` never holds a mix of old and new files. If
+    ``build`` fails nothing in ``out_dir`` changes."""
     out = Path(out_dir).absolute()
+    check_output_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old: Path | None = None
     try:
         build(tmp)
-        if not out.exists():
+        check_output_folder(out, overwrite)  # it may have appeared meanwhile
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        try:
             os.replace(tmp, out)
-            return out
-        if not out.is_dir():
-            raise NnunetKDError(f"output {out} exists and is not a folder")
-        for entry in sorted(tmp.iterdir()):
-            target = out / entry.name
-            if entry.is_dir() and target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old / out.name, out)
+            raise
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
@@ -330,8 +404,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike) -> Path:
-    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` into ``out_dir`` (atomically)."""
+def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` as the folder ``out_dir`` (atomically; a
+    non-empty ``out_dir`` is refused unless ``overwrite``)."""
     header = list(CASE_COLUMNS) + [metric_column(r, m) for r in REGION_KEYS for m in METRICS]
     per_case = _csv_text(header, ([_fmt(row[h]) for h in header] for row in rows))
     stats = summary["metrics"]
@@ -343,7 +418,7 @@ def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.Path
         (tmp / SUMMARY_CSV).write_text(summary_csv, encoding="utf-8")
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n", encoding="utf-8")
 
-    return publish_folder(out_dir, build)
+    return publish_folder(out_dir, build, overwrite)
 
 
 def load_evaluation(out_dir: str | os.PathLike) -> tuple[list[dict], dict]:

@@ -21,11 +21,15 @@ performance metrics", github.com/rachitsaluja/BraTS-2023-Metrics), for one regio
    HD95 = (sum(lesion HD95) + FP × penalty) / (same denominator). With a zero denominator (no GT lesion above
    the threshold and no false positive) Dice is 1 and HD95 is 0.
 
-Differences from the official code: HD95 of a lesion pair uses :func:`nnunet_kd.evaluation.metrics.hd95`
-(voxel surfaces, max of directed 95th percentiles) instead of DeepMind's surfel-weighted ``surface_distance``,
-so lesion HD95 values may differ by a fraction of a voxel; components are found with ``scipy.ndimage.label``
-instead of ``cc3d`` (identical labelling up to numbering). Every step runs on bounding boxes, which gives the
-same result as the full-volume computation because dilation and labelling never reach beyond them.
+Equal to the official code: HD95 of a lesion pair is :func:`nnunet_kd.evaluation.metrics.hd95`, the reference's
+area-weighted surfel definition; a missed lesion's HD95 (``inf`` in the reference, replaced there by 374) and each
+false positive count ``hd95_penalty``. Differences that do not change the numbers: components are found with
+``scipy.ndimage.label`` instead of ``cc3d`` (identical labelling up to numbering), and every step runs on
+bounding boxes grown by the dilation, which gives the full-volume result because dilation, labelling and the
+surfel crop never reach beyond them (at the volume border both treat outside voxels as background).
+
+:data:`TASK_PARAMETERS` holds the reference's per-challenge dilation and volume threshold (``metrics.py``,
+``get_LesionWiseResults``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ GLI_DILATION_ITERATIONS = 3
 GLI_VOLUME_THRESHOLD_MM3 = 50.0
 #: HD95 (mm) given to false-positive and missed lesions in the BraTS 2023 lesion-wise evaluation.
 LESION_HD95_PENALTY_MM = 374.0
+#: Lesion-wise parameters of the BraTS 2023 reference per challenge: (dilation iterations, volume threshold mm³).
+TASK_PARAMETERS: dict[str, tuple[int, float]] = {
+    "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0),
+}
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _DILATION_18 = ndimage.generate_binary_structure(3, 2)
@@ -112,7 +120,11 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
         raise ValueError(f"lesion_wise_scores expects two 3D masks of one shape, got {pred.shape} and {gt.shape}")
     sp = tuple(float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)
     voxel_mm3 = float(np.prod(sp))
-    k = max(int(dilation_iterations), 0)
+    if int(dilation_iterations) != dilation_iterations or dilation_iterations < 0:
+        raise ValueError(f"dilation_iterations must be a non-negative integer, got {dilation_iterations}")
+    if not volume_threshold_mm3 >= 0:
+        raise ValueError(f"volume_threshold_mm3 must be non-negative, got {volume_threshold_mm3}")
+    k = int(dilation_iterations)
 
     box = bounding_box(pred | gt, margin=k)
     if box is None:

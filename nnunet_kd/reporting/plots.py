@@ -151,7 +151,9 @@ def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.P
     plt = _pyplot()
     images_dir = Path(images_dir)
     ending = file_ending or run.summary.get("file_ending", ".nii.gz")
-    convention = brats.get_convention(run.summary.get("convention", "dataset137"))
+    fallback = run.summary.get("convention", "dataset137")
+    gt_convention = brats.get_convention(run.summary.get("gt_convention", fallback))
+    pred_convention = brats.get_convention(run.summary.get("pred_convention", fallback))
     notes: list[str] = []
     panels = []
     for label, row in select_cases(run).items():
@@ -161,8 +163,8 @@ def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.P
             notes.append(f"{run.name}: {label} case {row['case']} skipped: its label files are no longer there")
             continue
         gt_map = read_label_map(gt_file, row["case"])
-        gt = convention.to_canonical_array(gt_map.array)
-        pred = (convention.to_canonical_array(read_label_map(pred_file, row["case"]).array)
+        gt = gt_convention.to_canonical_array(gt_map.array)
+        pred = (pred_convention.to_canonical_array(read_label_map(pred_file, row["case"]).array)
                 if pred_file is not None else np.zeros_like(gt))
         flair_file = images_dir / f"{row['case']}{FLAIR_CHANNEL}{ending}"
         flair = _read_float_image(flair_file) if flair_file.is_file() else None
