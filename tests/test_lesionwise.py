@@ -1,4 +1,5 @@
-"""BraTS 2023 lesion-wise scores on crafted multi-lesion volumes and against a literal full-volume reference."""
+"""BraTS 2023 lesion-wise scores on crafted multi-lesion volumes and against a literal full-volume reference
+(BraTS-2023-Metrics' procedure with DeepMind's ``surface_distance`` for the per-lesion HD95)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunet_kd.evaluation import lesionwise, metrics
+from nnunet_kd.evaluation import lesionwise
 
 PENALTY = lesionwise.LESION_HD95_PENALTY_MM
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # surface_distance uses ndimage.filters
+
+
+def reference_lesion_hd95(pred_lesions: np.ndarray, gt_lesion: np.ndarray, spacing) -> float:
+    """The reference's per-lesion HD95: surface_distance on the full volumes; inf (no matched prediction) -> 374."""
+    import surface_distance
+
+    if not pred_lesions.any():
+        return 374.0
+    sd = surface_distance.compute_surface_distances(gt_lesion, pred_lesions, tuple(float(s) for s in spacing))
+    return float(surface_distance.compute_robust_hausdorff(sd, 95))
 
 
 def cube(mask: np.ndarray, corner, size) -> None:
@@ -35,7 +47,7 @@ def naive_lesion_wise(pred, gt, spacing, k=3, thresh=50.0, penalty=PENALTY):
         tp_components += hits
         matched = np.isin(pred_cc, hits)
         d = 2 * (lesion & matched).sum() / (lesion.sum() + matched.sum())
-        hd = metrics.hd95(matched, lesion, spacing, empty_penalty=penalty)
+        hd = reference_lesion_hd95(matched, lesion, spacing) if hits else penalty
         scores.append((lesion.sum() * vox, d, hd))
     n_fp = len(set(range(1, n_pred + 1)) - set(tp_components))
     kept = [s for s in scores if s[0] > thresh]
@@ -56,7 +68,8 @@ def test_one_matched_one_missed_one_false_positive():
     assert (res.num_tp, res.num_fn, res.num_fp) == (1, 1, 1)
     assert res.num_gt_lesions == 2 and res.num_pred_lesions == 2
     dice_a = 2 * 100 / (125 + 125)
-    hd_a = metrics.hd95(pred & (np.arange(40)[None, :, None] < 20), gt & (np.arange(40)[:, None, None] < 20))
+    hd_a = reference_lesion_hd95(pred & (np.arange(40)[None, :, None] < 20), gt & (np.arange(40)[:, None, None] < 20),
+                                 (1, 1, 1))
     assert res.dice == pytest.approx((dice_a + 0.0) / 3)
     assert res.hd95 == pytest.approx((hd_a + PENALTY + PENALTY) / 3)
     assert res.as_dict()["lesion_fp"] == 1
@@ -133,6 +146,29 @@ def test_matches_full_volume_reference_on_random_multi_lesion_volumes(seed, spac
     assert res.dice == pytest.approx(ref_dice, abs=1e-9)
     assert res.hd95 == pytest.approx(ref_hd, abs=1e-6)
     assert res.num_fp == ref_fp
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.9, 0.9)])
+def test_crafted_touching_lesions_distant_blob_and_border(spacing):
+    """Touching GT lesions, a prediction spanning both, a distant false-positive blob, lesions on the border."""
+    shape = (24, 40, 40)
+    gt = np.zeros(shape, bool)
+    pred = np.zeros(shape, bool)
+    cube(gt, (4, 4, 4), (6, 8, 8))
+    cube(gt, (4, 12, 4), (6, 6, 6))            # face-touching the first: one 26-component
+    cube(pred, (5, 5, 5), (6, 13, 8))          # one prediction over both
+    cube(gt, (0, 30, 30), (4, 10, 10))         # on the array border, matched by a shifted prediction
+    cube(pred, (0, 31, 29), (5, 9, 11))
+    cube(gt, (18, 2, 30), (5, 5, 5))           # missed
+    cube(pred, (20, 34, 2), (3, 3, 3))         # distant false positive
+    res = lesionwise.lesion_wise_scores(pred, gt, spacing)
+    ref_dice, ref_hd, ref_fp = naive_lesion_wise(pred, gt, spacing)
+    assert res.num_fp == ref_fp == 1
+    assert res.dice == pytest.approx(ref_dice, abs=1e-9)
+    assert res.hd95 == pytest.approx(ref_hd, abs=0.01)
+    empty = np.zeros(shape, bool)
+    assert lesionwise.lesion_wise_scores(empty, gt, spacing).hd95 == pytest.approx(naive_lesion_wise(empty, gt,
+                                                                                                     spacing)[1])
 
 
 def test_region_scores_use_brats_regions():
