@@ -299,3 +299,133 @@ def test_select_cases_and_single_case_run(evaluated):
     assert picks["worst"]["case"] == min(mean_dice, key=mean_dice.get)
     run.rows = run.rows[:1]
     assert list(plots.select_cases(run)) == ["best/median/worst"]
+
+
+# ------------------------------------------------------------------------------ bad input through the real CLI
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "nnunet-kd"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def write_nii(path: Path, array: np.ndarray) -> None:
+    """An uncompressed .nii with the test spacing."""
+    write_image(path, array)
+
+
+@pytest.mark.parametrize("problem", ["truncated_pred", "truncated_gt_tail", "truncated_nii", "non_integer",
+                                     "unexpected_label", "negative_dilation", "negative_min_volume",
+                                     "nonempty_output"])
+def test_cli_refuses_bad_input_with_one_line(data, tmp_path, problem):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    shutil.copytree(data["good"], pred)
+    shutil.copytree(data["gt"], gt)
+    out = tmp_path / "out"
+    extra: list[str] = []
+    bad_case, named = CASES[1], None
+    if problem == "truncated_pred":
+        named = pred / f"{bad_case}.nii.gz"
+        truncate(named, 0.5)
+    elif problem == "truncated_gt_tail":          # a few last bytes missing: SimpleITK still reads it
+        named = gt / f"{bad_case}.nii.gz"
+        data_bytes = named.read_bytes()
+        named.write_bytes(data_bytes[:-9])
+    elif problem == "truncated_nii":
+        for folder in (pred, gt):
+            for case in CASES:
+                arr = load(folder / f"{case}.nii.gz")
+                (folder / f"{case}.nii.gz").unlink()
+                write_nii(folder / f"{case}.nii", arr)
+        named = pred / f"{bad_case}.nii"
+        truncate(named, 0.5)
+        extra = ["--file-ending", ".nii"]
+    elif problem == "non_integer":
+        named = pred / f"{bad_case}.nii.gz"
+        arr = load(named).astype(np.float32)
+        arr[arr == brats.NECROSIS] = 1.5
+        write_image(named, arr)
+    elif problem == "unexpected_label":
+        named = gt / f"{bad_case}.nii.gz"
+        arr = load(named)
+        arr[0, 0, 0] = 4
+        write_image(named, arr)
+    elif problem == "negative_dilation":
+        extra = ["--lesion-dilation", "-1"]
+    elif problem == "negative_min_volume":
+        extra = ["--lesion-min-volume", "-5"]
+    else:
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+    proc = run_cli("evaluate", str(pred), str(gt), "-o", str(out), "-np", "1", "--no-progress", *extra)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("nnunet-kd evaluate: error:"), proc.stderr
+    message = lines[0]
+    if named is not None:
+        assert bad_case in message and str(named.resolve()) in message
+    expected = {"truncated_pred": "truncated", "truncated_gt_tail": "truncated", "truncated_nii": "truncated",
+                "non_integer": "non-integer label values 1.5", "unexpected_label": "label value(s) [4]",
+                "negative_dilation": "--lesion-dilation", "negative_min_volume": "--lesion-min-volume",
+                "nonempty_output": "--overwrite"}[problem]
+    if problem == "unexpected_label":
+        assert "reference file" in message      # says which side holds the bad value
+    assert expected in message
+    if problem == "nonempty_output":
+        assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporary folder left
+
+
+def test_cli_overwrite_replaces_evaluation_and_report(data, tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "stale.csv").write_text("old")
+    proc = run_cli("evaluate", str(data["good"]), str(data["gt"]), "-o", str(out), "-np", "1", "--no-progress",
+                   "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["per_case.csv", "summary.csv", "summary.json"]
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.md").write_text("mine")
+    proc = run_cli("report", str(out), "-o", str(report))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
+    assert sorted(p.name for p in report.iterdir()) == ["notes.md"]
+    proc = run_cli("report", str(out), "-o", str(report), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (report / "report.md").is_file() and not (report / "notes.md").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_separate_conventions_for_prediction_and_reference(data, tmp_path):
+    """Raw BraTS 2023 references (NETC 1, SNFH 2, ET 3) against nnU-Net predictions (ED 1, NCR 2, ET 3)."""
+    raw = brats.get_convention("2023")
+    gt23, gt137 = tmp_path / "gt2023", tmp_path / "gt137"
+    for case in CASES[:2]:
+        canonical = load(data["gt"] / f"{case}.nii.gz")
+        write_image(gt23 / f"{case}.nii.gz", raw.from_canonical_array(canonical))
+        write_image(gt137 / f"{case}.nii.gz", canonical)
+    pred = tmp_path / "pred"
+    for case in CASES[:2]:
+        write_image(pred / f"{case}.nii.gz", load(data["poor"] / f"{case}.nii.gz"))
+    mixed, summary = evaluate.evaluate_folders(
+        pred, gt23, progress=False, settings=evaluate.EvaluationSettings(gt_convention="2023"))
+    same, _ = evaluate.evaluate_folders(pred, gt137, progress=False)
+    assert summary["gt_convention"] == "2023" and summary["pred_convention"] == "dataset137"
+    for a, b in zip(mixed, same):
+        for key in ("TC_dice", "TC_hd95", "WT_dice", "ET_lesion_dice"):
+            assert a[key] == pytest.approx(b[key])
+    out = tmp_path / "ev"
+    proc = run_cli("evaluate", str(pred), str(gt23), "-o", str(out), "-np", "1", "--no-progress",
+                   "--gt-convention", "2023")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out / "per_case.csv")
+    assert float(rows[0]["TC_dice"]) == pytest.approx(same[0]["TC_dice"])
+    # reading the raw labels as if they were nnU-Net's swaps edema and necrosis in TC: a different number
+    wrong, _ = evaluate.evaluate_folders(pred, gt23, progress=False)
+    assert wrong[0]["TC_dice"] != pytest.approx(same[0]["TC_dice"], abs=1e-3)
