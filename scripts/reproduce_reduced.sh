@@ -167,7 +167,7 @@ predict() {
 planning() { nnUNet_n_proc_DA=$(( ${nnUNet_n_proc_DA:-1} > 0 ? ${nnUNet_n_proc_DA:-1} : 1 )) "$@"; }
 
 evaluate() {
-  step "evaluate_$1" nnunet-kd evaluate "$2" "$TEST_LABELS" -o "$WORK/eval/$1" -np "$NUM_PROCESSES" --no-progress
+  step "evaluate_$1" nnunet-kd evaluate "$2" "$TEST_LABELS" -o "$WORK/eval/$1" -np "$NUM_PROCESSES" --no-progress --overwrite
 }
 
 split_dataset() {
@@ -266,7 +266,7 @@ for run in "${RUNS[@]}"; do
   REPORT_RUNS+=("$run=$WORK/eval/$run")
 done
 rm -f "$WORK/.done/report"   # the report always shows every run evaluated so far
-step report nnunet-kd report "${REPORT_RUNS[@]}" -o "$WORK/report" --images "$TEST_IMAGES"
+step report nnunet-kd report "${REPORT_RUNS[@]}" -o "$WORK/report" --images "$TEST_IMAGES" --overwrite
 if [ "$DRY_RUN" = 1 ]; then echo "reproduce_reduced.sh: dry run, nothing trained"; exit 0; fi
 
 "$PYTHON" - "$WORK" "${RUNS[@]}" <<'PY'

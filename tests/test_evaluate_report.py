@@ -429,3 +429,16 @@ def test_separate_conventions_for_prediction_and_reference(data, tmp_path):
     # reading the raw labels as if they were nnU-Net's swaps edema and necrosis in TC: a different number
     wrong, _ = evaluate.evaluate_folders(pred, gt23, progress=False)
     assert wrong[0]["TC_dice"] != pytest.approx(same[0]["TC_dice"], abs=1e-3)
+
+
+def test_report_refuses_evaluations_with_the_old_hd95_definition(evaluated, tmp_path):
+    old = tmp_path / "old_eval"
+    shutil.copytree(evaluated["good"], old)
+    summary = json.loads((old / "summary.json").read_text())
+    summary["hd95_definition"] = ("legacy BraTS HD95: max of the two directed 95th percentiles (numpy linear "
+                                  "interpolation) of distances between 6-connected-erosion surface voxels, in mm")
+    (old / "summary.json").write_text(json.dumps(summary))
+    proc = run_cli("report", str(old), "-o", str(tmp_path / "r"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(old / "summary.json") in lines[0], proc.stderr
+    assert "HD95 definition" in lines[0] and not (tmp_path / "r").exists()

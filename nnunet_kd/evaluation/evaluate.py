@@ -434,6 +434,9 @@ def load_evaluation(out_dir: str | os.PathLike) -> tuple[list[dict], dict]:
             raw_rows = list(csv.DictReader(f))
     except (OSError, ValueError) as e:
         raise InputDataError(f"cannot read evaluation output {out}: {e}") from None
+    if not isinstance(summary, dict) or summary.get("hd95_definition") != HD95_DEFINITION:
+        raise InputDataError(f"{json_path} was written with another HD95 definition (an older nnunet-kd); re-run "
+                             f"`nnunet-kd evaluate ... --overwrite` so its numbers are comparable")
     rows = []
     for raw in raw_rows:
         row: dict = {"case": raw["case"], "pred_file": raw.get("pred_file", ""), "gt_file": raw.get("gt_file", ""),

@@ -16,7 +16,9 @@ github.com/rachitsaluja/BraTS-2023-Metrics, ``metrics.py``), which computes HD95
   triangles). The table of these areas is taken from DeepMind's ``surface_distance`` package
   (``lookup_tables.create_table_neighbour_code_to_surface_area``), a dependency, so it is the reference's table.
 * The distance of a surfel to the other surface is the Euclidean distance (mm, ``sampling=spacing``) from its
-  corner to the nearest surface corner of the other mask (``scipy.ndimage.distance_transform_edt``).
+  corner to the nearest surface corner of the other mask (the reference reads it from
+  ``scipy.ndimage.distance_transform_edt``; here a KD-tree over the surface corners finds the nearest corner and
+  the distance is evaluated with the same arithmetic, which is several times faster on large boxes).
 * The directed 95th percentile is *area-weighted*: surfels sorted by (distance, area), the first one whose
   cumulative area reaches 95 % of the total area gives the distance (no interpolation). HD95 is the maximum of
   the two directed values.
@@ -183,11 +185,29 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     border_p = (code_p != 0) & (code_p != 255)
     border_g = (code_g != 0) & (code_g != 255)
     table = _surfel_area_table(sp)
-    d_pg = ndimage.distance_transform_edt(~border_g, sampling=sp)[border_p]
-    d_gp = ndimage.distance_transform_edt(~border_p, sampling=sp)[border_g]
+    corners_p, corners_g = np.argwhere(border_p), np.argwhere(border_g)
+    d_pg = _nearest_distances(corners_p, corners_g, sp)
+    d_gp = _nearest_distances(corners_g, corners_p, sp)
     d_pg, a_p = _sorted_surfels(d_pg, table[code_p[border_p]])
     d_gp, a_g = _sorted_surfels(d_gp, table[code_g[border_g]])
     return {"distances_pred_to_gt": d_pg, "areas_pred": a_p, "distances_gt_to_pred": d_gp, "areas_gt": a_g}
+
+
+def _nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Distance (mm) from each ``src`` corner to the nearest ``dst`` corner (both ``(n, 3)`` integer indices).
+
+    The same numbers as ``distance_transform_edt(~dst_mask, sampling=spacing)[src_mask]`` (the reference's
+    computation), found with a KD-tree over the surface corners instead of a transform of the whole box, and
+    evaluated with the transform's arithmetic: integer index differences, times the spacing, squared, summed
+    over the axes in order, square root."""
+    from scipy.spatial import cKDTree
+
+    sp = np.asarray(spacing, dtype=np.float64)
+    _, nearest = cKDTree(dst * sp).query(src * sp)
+    diff = (dst[nearest] - src).T.astype(np.float64)
+    diff *= sp[:, None]
+    np.multiply(diff, diff, diff)
+    return np.sqrt(np.add.reduce(diff, axis=0))
 
 
 def _weighted_percentile(sorted_distances: np.ndarray, sorted_areas: np.ndarray, percentile: float) -> float:
