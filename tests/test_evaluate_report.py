@@ -442,3 +442,15 @@ def test_report_refuses_evaluations_with_the_old_hd95_definition(evaluated, tmp_
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and str(old / "summary.json") in lines[0], proc.stderr
     assert "HD95 definition" in lines[0] and not (tmp_path / "r").exists()
+
+
+def test_task_sets_the_reference_lesion_wise_parameters(data, tmp_path):
+    out = tmp_path / "met"
+    assert main(["evaluate", str(data["poor"]), str(data["gt"]), "-o", str(out), "--task", "MET", "-np", "1",
+                 "--no-progress"]) == 0
+    lw = json.loads((out / "summary.json").read_text())["lesion_wise"]
+    assert (lw["dilation_iterations"], lw["volume_threshold_mm3"]) == (1, 2.0)
+    assert main(["evaluate", str(data["poor"]), str(data["gt"]), "-o", str(out), "--task", "MET", "-np", "1",
+                 "--no-progress", "--lesion-dilation", "0", "--overwrite"]) == 0
+    lw = json.loads((out / "summary.json").read_text())["lesion_wise"]
+    assert (lw["dilation_iterations"], lw["volume_threshold_mm3"]) == (0, 2.0)
