@@ -454,3 +454,16 @@ def test_task_sets_the_reference_lesion_wise_parameters(data, tmp_path):
                  "--no-progress", "--lesion-dilation", "0", "--overwrite"]) == 0
     lw = json.loads((out / "summary.json").read_text())["lesion_wise"]
     assert (lw["dilation_iterations"], lw["volume_threshold_mm3"]) == (0, 2.0)
+
+
+def test_output_may_not_replace_an_input_folder(data, evaluated, tmp_path):
+    pred = tmp_path / "pred"
+    shutil.copytree(data["good"], pred)
+    proc = run_cli("evaluate", str(pred), str(data["gt"]), "-o", str(pred), "--overwrite", "-np", "1", "--no-progress")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "prediction folder" in proc.stderr
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{c}.nii.gz" for c in CASES)
+    run = tmp_path / "run"
+    shutil.copytree(evaluated["good"], run)
+    proc = run_cli("report", str(run), "-o", str(tmp_path), "--overwrite")      # a parent of the run folder
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "run" in proc.stderr
+    assert (run / "per_case.csv").is_file() and pred.is_dir()

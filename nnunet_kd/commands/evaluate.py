@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         lesion_volume_threshold_mm3=min_volume if args.lesion_min_volume is None else args.lesion_min_volume,
     )
     out = args.output if args.output is not None else args.pred_dir / "evaluation"
+    evaluate.check_output_apart(out, (("prediction folder", args.pred_dir), ("reference folder", args.gt_dir)))
     evaluate.check_output_folder(out, args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

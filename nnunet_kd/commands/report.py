@@ -73,12 +73,17 @@ def _safe(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_kd.errors import InputDataError
-    from nnunet_kd.evaluation.evaluate import check_output_folder, publish_folder
+    from nnunet_kd.evaluation.evaluate import check_output_apart, check_output_folder, publish_folder
     from nnunet_kd.reporting import table
 
     check_output_folder(args.output, args.overwrite)
     runs = table.load_runs(args.runs)
     training_logs = [table.parse_run_spec(spec) for spec in args.training_log]
+    inputs = [(f"evaluation folder of run {r.name}", r.path) for r in runs]
+    inputs += [(f"training log folder {name}", fold) for name, fold in training_logs]
+    if args.images is not None:
+        inputs.append(("images folder", args.images))
+    check_output_apart(args.output, inputs)
     names = [name for name, _ in training_logs]
     if len(set(names)) != len(names):
         raise InputDataError(f"--training-log names {names} repeat; name them with NAME=FOLD_DIR")

@@ -299,8 +299,10 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
     settings = settings or EvaluationSettings()
     if convention is not None:
         settings = dataclasses.replace(settings, pred_convention=convention, gt_convention=convention)
-    if out_dir is not None and not overwrite:
-        check_output_folder(out_dir)
+    if out_dir is not None:
+        check_output_apart(out_dir, (("prediction folder", pred_dir), ("reference folder", gt_dir)))
+        if not overwrite:
+            check_output_folder(out_dir)
     pairs = pair_cases(pred_dir, gt_dir, file_ending, allow_missing)
     missing = [p.case for p in pairs if p.pred_file is None]
     if missing:
@@ -358,6 +360,16 @@ def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> 
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise NnunetKDError(f"output folder {out} already exists and is not empty; choose another folder, "
                             f"remove it or pass --overwrite")
+
+
+def check_output_apart(out_dir: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """Refuse an output folder that is one of the input folders or holds one (replacing it would delete them)."""
+    out = Path(out_dir).resolve()
+    for what, folder in inputs:
+        inp = Path(folder).resolve()
+        if out == inp or out in inp.parents:
+            raise ConfigurationError(f"output folder {out_dir} would replace the {what} {folder}; choose another "
+                                     f"output folder")
 
 
 def publish_folder(out_dir: str | os.PathLike, build: Callable[[Path], None], overwrite: bool = True) -> Path:
