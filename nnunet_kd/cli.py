@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def os_error_line(error: OSError) -> str:
     """``Permission denied: /data/out`` -- the reason and the file(s) of an OSError, on one line."""
+    if isinstance(error, FileExistsError) and error.filename is not None and os.path.isfile(error.filename):
+        return f"cannot create a folder: {error.filename} is a file, not a folder"  # mkdir(parents=True) through it
     reason = error.strerror or str(error) or type(error).__name__
     files = [str(f) for f in (error.filename, error.filename2) if f is not None]
     if not files:

@@ -243,6 +243,9 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
     if not subsets:
         raise ConfigurationError("no modality subset to evaluate")
     gt_dir, out = Path(gt_dir), Path(out_dir)
+    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # refuse before minutes of prediction, not when the first subset is written
+        raise InputDataError(f"cannot create output folder {out}: {blocking} is a file, not a folder")
     model = load_subset_model(model_folder, folds, checkpoint_name)
     file_ending = model.dataset_json["file_ending"]
     cases = _reference_cases(gt_dir, file_ending)
