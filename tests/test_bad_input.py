@@ -140,6 +140,14 @@ CASES: dict[tuple[str, str], Case] = {
     ("synth", U): Case(lambda w: ["synth", str(w.unwritable), "--cases", "1", "--shape", "16", "--no-progress"],
                        lambda w: w.unwritable),
     ("demo", U): Case(lambda w: ["demo", "--workdir", str(w.unwritable)], lambda w: w.unwritable),
+    ("synth", "grid too large"): Case(lambda w: ["synth", str(w.root / "s"), "--cases", "1", "--shape", "100000"],
+                                      lambda w: "100000x100000x100000"),
+    ("demo", "no test cases"): Case(lambda w: ["demo", "--workdir", str(w.root / "d"), "--test-cases", "0"],
+                                    lambda w: "--test-cases"),
+    ("demo", "grid too large"): Case(lambda w: ["demo", "--workdir", str(w.root / "d"), "--shape", "100000"],
+                                     lambda w: "100000x100000x100000"),
+    ("demo", "unknown trainer"): Case(lambda w: ["demo", "--workdir", str(w.root / "d"), "--trainer", "NoSuchTrainer"],
+                                      lambda w: "NoSuchTrainer"),
     ("demo", "workdir is a file"): Case(lambda w: ["demo", "--workdir", str(w.a_file)], lambda w: w.a_file),
     ("convert-brats", U): Case(lambda w: ["convert-brats", str(w.release), "-d", "950"],
                                lambda w: w.unwritable, lambda w: {"nnUNet_raw": str(w.unwritable)}),
@@ -196,7 +204,19 @@ CASES: dict[tuple[str, str], Case] = {
     ("report", J): Case(lambda w: ["report", str(w.eval_bad), "-o", str(w.root / "rep")],
                         lambda w: w.eval_bad / "summary.json"),
 }
-if Path("/sys").is_dir() and not os.access("/sys", os.W_OK):
+
+
+def _sys_refuses_writes() -> bool:
+    """Whether /sys refuses a new folder (sysfs does, also for root); then it stands for a read-only output."""
+    try:
+        os.mkdir("/sys/nnunet_kd_probe")
+    except OSError:
+        return True
+    os.rmdir("/sys/nnunet_kd_probe")
+    return False
+
+
+if _sys_refuses_writes():
     CASES[("export-brats", "read-only file system (/sys)")] = Case(
         lambda w: ["export-brats", str(w.preds), "/sys/nnunet_kd_out", "--convention", "2021"],
         lambda w: "/sys/nnunet_kd_out")
@@ -245,6 +265,8 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(world: World, 
 
 def test_debug_variable_shows_the_traceback(world: World):
     argv = ["select-modalities", str(world.images), str(world.unwritable), "--keep", "T2"]
+    quiet = run_cli(argv, world.env())
+    assert quiet.returncode != 0 and len(quiet.stderr.strip().splitlines()) == 1
     proc = run_cli(argv, dict(world.env(), NNUNET_KD_DEBUG="1"))
     assert proc.returncode != 0 and "Traceback (most recent call last)" in proc.stderr
 

@@ -62,15 +62,15 @@ def _channels_of(path: Path) -> dict[str, int]:
     return channels
 
 
-def _check_copy(src: Path, copy: Path) -> None:
-    """Refuse a source file that is shorter than its header says (checked on the copy, i.e. on what was written)."""
-    if not copy.name.endswith((".nii.gz", ".nii")):
+def _check_complete(path: Path) -> None:
+    """Refuse a NIfTI file that is shorter than its header says (nnU-Net would read it silently as garbage)."""
+    if not path.name.endswith((".nii.gz", ".nii")):
         return
     try:
-        check_complete(copy)
+        check_complete(path)
     except Exception as e:  # nibabel, zlib and OS errors of a damaged file alike
-        case = re.sub(r"_\d{4}\.nii(\.gz)?$", "", src.name)
-        raise InputDataError(f"case {case}: cannot copy {src}: {one_line(e)}") from None
+        case = re.sub(r"_\d{4}\.nii(\.gz)?$", "", path.name)
+        raise InputDataError(f"case {case}: cannot copy {path}: {one_line(e)}") from None
 
 
 def select_modalities(src_images: str | Path, out_dir: str | Path, keep: str | Sequence[str],
@@ -109,6 +109,6 @@ def select_modalities(src_images: str | Path, out_dir: str | Path, keep: str | S
     names = [f"{case}{channel_suffix(i)}{ending}" for case in sorted(cases) for i in kept.values()]
     with staged_folder(out, replace=[out] if out.exists() else []) as tmp:
         for name in tqdm(names, desc=f"copying {', '.join(kept)}", unit="file", disable=not progress):
+            _check_complete(src / name)
             shutil.copyfile(src / name, tmp / name)
-            _check_copy(src / name, tmp / name)
     return [out / name for name in names]
