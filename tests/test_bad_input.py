@@ -300,7 +300,7 @@ def _slow_images(folder: Path, n_cases: int) -> None:
 def _start_and_wait_for_temp(src: Path, out: Path) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen([NNUNET_KD, "select-modalities", str(src), str(out), "--keep", "T1,T1ce,T2,FLAIR"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tmp = out.parent / f".{out.name}.tmp-{proc.pid}"
+    tmp = out.parent / f".{out.name}.nnunet-kd-tmp-{proc.pid}"
     deadline = time.time() + 120
     while not (tmp.is_dir() and any(tmp.iterdir())):
         assert proc.poll() is None, proc.communicate()
@@ -332,7 +332,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(slow_images: Path, tmp_pa
     proc.kill()
     proc.communicate(timeout=60)
     assert tmp.is_dir()  # a SIGKILL cannot be caught: the half-written folder stays ...
-    live = tmp_path / f".out.tmp-{os.getpid()}"  # ... as does the folder of a run that is still alive
+    live = tmp_path / f".out.nnunet-kd-tmp-{os.getpid()}"  # ... as does the folder of a run that is still alive
     live.mkdir()
     rerun = run_cli(["select-modalities", str(world.images), str(out), "--keep", "FLAIR"], world.env())
     assert rerun.returncode == 0, rerun.stderr
@@ -346,12 +346,14 @@ def test_set_aside_output_of_a_killed_overwrite_is_restored(tmp_path: Path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / f".model.old-{dead.pid}").mkdir()  # killed after setting the old output aside
-    (tmp_path / f".model.old-{dead.pid}" / "plans.json").write_text("{}")
+    (tmp_path / f".model.nnunet-kd-old-{dead.pid}").mkdir()  # killed after setting the old output aside
+    (tmp_path / f".model.nnunet-kd-old-{dead.pid}" / "plans.json").write_text("{}")
     (tmp_path / "other").mkdir()
-    (tmp_path / f".other.old-{dead.pid}").mkdir()  # killed after the new output was in place
-    (tmp_path / f".other.del-{dead.pid}").mkdir()  # killed while deleting the old output
+    (tmp_path / f".other.nnunet-kd-old-{dead.pid}").mkdir()  # killed after the new output was in place
+    (tmp_path / f".other.nnunet-kd-del-{dead.pid}").mkdir()  # killed while deleting the old output
+    (tmp_path / f".Dataset005_X.tmp-{dead.pid}").mkdir()  # a raw dataset build (make-distill-dataset)
+    (tmp_path / f".notes.tmp-{dead.pid}").write_text("another program's file")  # not ours: kept
     lines: list[str] = []
     remove_stale_siblings(tmp_path, lines.append)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other"]
-    assert (tmp_path / "model" / "plans.json").is_file() and len(lines) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".notes.tmp-{dead.pid}", "model", "other"]
+    assert (tmp_path / "model" / "plans.json").is_file() and len(lines) == 4

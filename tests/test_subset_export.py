@@ -304,7 +304,7 @@ def test_overwrite_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path: 
     real_replace = os.replace
 
     def failing_replace(src, dst):  # the new folder is complete, but moving it into place fails
-        if Path(src).name.startswith(f".{out.name}.tmp-"):
+        if Path(src).name.startswith(f".{out.name}.nnunet-kd-tmp-"):
             raise OSError(errno.EIO, "Input/output error", str(dst))
         return real_replace(src, dst)
 

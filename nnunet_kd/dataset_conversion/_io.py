@@ -114,14 +114,17 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ staged folders
-#: ``.NAME.tmp-PID`` (being built), ``.NAME.old-PID`` (an output set aside while being replaced),
-#: ``.NAME.del-PID`` (an old output being deleted): the temporary siblings of :func:`staged_folder`.
-_TEMP_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old|del)-(?P<pid>\d+)$")
+#: ``.NAME.nnunet-kd-tmp-PID`` (being built), ``.NAME.nnunet-kd-old-PID`` (an output set aside while being
+#: replaced), ``.NAME.nnunet-kd-del-PID`` (an old output being deleted): the temporary siblings of
+#: :func:`staged_folder`. The ``nnunet-kd`` in the name keeps clean-up away from other programs' files.
+_TEMP_SIBLING = re.compile(r"^\.(?P<name>.+)\.nnunet-kd-(?P<tag>tmp|old|del)-(?P<pid>\d+)$")
+#: ``.DatasetXXX_NAME.tmp-PID``: a raw dataset being built by an older nnunet-kd or by make-distill-dataset.
+_DATASET_TEMP = re.compile(r"^\.(?P<name>Dataset\d{3}_.+)\.(?P<tag>tmp)-(?P<pid>\d+)$")
 
 
 def temp_sibling(target: Path, tag: str) -> Path:
-    """A hidden name next to ``target`` for building it (``.NAME.tmp-<pid>``); ``tag`` is tmp, old or del."""
-    return target.parent / f".{target.name}.{tag}-{os.getpid()}"
+    """A hidden name next to ``target`` for building it (``.NAME.nnunet-kd-tmp-<pid>``); tag: tmp, old or del."""
+    return target.parent / f".{target.name}.nnunet-kd-{tag}-{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -151,9 +154,10 @@ def remove_path(path: Path) -> None:
 def remove_stale_siblings(folder: Path, report: Callable[[str], None] | None = None) -> list[Path]:
     """Clean up the temporary siblings that killed runs (SIGKILL, power loss) left in ``folder``.
 
-    Only names of :func:`temp_sibling`'s form whose process is gone are touched, so a concurrent live run keeps its
-    folder. ``.NAME.tmp-PID`` and ``.NAME.del-PID`` are removed; ``.NAME.old-PID`` (an output set aside by a run
-    that died before its new output was in place) is moved back to ``NAME`` when that does not exist, else removed.
+    Only names of :func:`temp_sibling`'s form (and ``.DatasetXXX_NAME.tmp-PID``) whose process is gone are touched,
+    so a concurrent live run keeps its folder. ``tmp`` and ``del`` siblings are removed; an ``old`` one (an output
+    set aside by a run that died before its new output was in place) is moved back to ``NAME`` when that does not
+    exist, else removed.
     Each action is reported as one line (default: stderr). Returns the paths handled.
     """
     say = report or (lambda line: print(line, file=sys.stderr))
@@ -163,7 +167,7 @@ def remove_stale_siblings(folder: Path, report: Callable[[str], None] | None = N
     except OSError:
         return handled
     for path in sorted(entries):
-        m = _TEMP_SIBLING.match(path.name)
+        m = _TEMP_SIBLING.match(path.name) or _DATASET_TEMP.match(path.name)
         if not m or pid_alive(int(m["pid"])):
             continue
         handled.append(path)

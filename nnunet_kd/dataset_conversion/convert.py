@@ -13,7 +13,7 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
 and direction across modalities and segmentation, only the release's label values. Images keep their
 voxel values, type and geometry (``.nii.gz`` sources are copied byte for byte after the checks; ``.nii`` and
-MSD 4D files are re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.tmp-<pid>`` next to
+MSD 4D files are re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to
 the target and renamed into place at the end; any error removes it.
 """
 
