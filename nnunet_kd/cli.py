@@ -51,7 +51,15 @@ def os_error_line(error: OSError) -> str:
     return f"{reason}: {' -> '.join(files)}"
 
 
+_HANDLER_PID: list[int] = []  # the process that installed the SIGTERM handler
+
+
 def _terminate(signum, frame) -> None:
+    if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:
+        # a forked worker (e.g. nnU-Net's multiprocessing pools) inherited the handler: end as SIGTERM would
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
@@ -64,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     if in_main_thread:
+        _HANDLER_PID[:] = [os.getpid()]
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)

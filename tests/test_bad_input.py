@@ -119,6 +119,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     (w.raw / "Dataset903_Src" / "dataset.json").write_text(json.dumps(dataset_json))
     (w.raw / "Dataset904_SrcBad").mkdir()
     (w.raw / "Dataset904_SrcBad" / "dataset.json").write_text(MALFORMED_JSON)
+    src = w.raw / "Dataset908_Src"  # a labelled dataset and a pseudo-label report make-distill-dataset accepts
+    for k in range(4):
+        write(src / "imagesTr" / f"L1_{k:04d}.nii.gz", np.full(SHAPE, k + 1, np.float32))
+    write(src / "labelsTr" / "L1.nii.gz", seg)
+    (src / "dataset.json").write_text(json.dumps(dataset_json))
+    write(w.root / "pl_ok" / "labels" / "A.nii.gz", seg)
+    (w.root / "pl_ok" / "pseudolabels.json").write_text(json.dumps(
+        {"images": str(w.images), "file_ending": ".nii.gz", "members": [], "cases": {"A": {"status": "ok"}}}))
     # evaluation outputs for report: good and with a malformed summary.json
     assert main(["evaluate", str(w.preds), str(w.gt), "-o", str(w.eval_ok), "-np", "1", "--no-progress"]) == 0
     shutil.copytree(w.eval_ok, w.eval_bad)
@@ -192,6 +200,9 @@ CASES: dict[tuple[str, str], Case] = {
         lambda w: ["pseudolabel", "-i", str(w.images), "-o", str(w.root / "pl_new"), "--models",
                    str(_model(w, "models_bad_json")), "-device", "cpu"],
         lambda w: _model(w, "models_bad_json") / "dataset.json"),
+    ("make-distill-dataset", U): Case(lambda w: ["make-distill-dataset", "-s", str(w.raw / "Dataset908_Src"),
+                                                 "-p", str(w.pl_ok), "-d", "909"],
+                                      lambda w: w.a_file, lambda w: {"nnUNet_raw": str(w.unwritable)}),
     ("make-distill-dataset", J): Case(lambda w: ["make-distill-dataset", "-s", str(w.raw / "Dataset903_Src"),
                                                  "-p", str(w.pl_merged), "-d", "905"],
                                       lambda w: w.pl_merged / "pseudolabels.json"),
@@ -357,3 +368,30 @@ def test_set_aside_output_of_a_killed_overwrite_is_restored(tmp_path: Path):
     remove_stale_siblings(tmp_path, lines.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".notes.tmp-{dead.pid}", "model", "other"]
     assert (tmp_path / "model" / "plans.json").is_file() and len(lines) == 4
+
+
+def test_sigkilled_convert_brats_leaves_no_pile_in_nnunet_raw(world: World, tmp_path: Path):
+    import nibabel as nib
+
+    big = tmp_path / "big.nii.gz"  # 64 MB of zeros once decompressed: each case takes a while to read
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 256), np.float32), np.eye(4)), str(big))
+    for i in range(20):
+        case = tmp_path / "release" / f"BraTS2021_{i:05d}"
+        case.mkdir(parents=True)
+        for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
+            os.link(big, case / f"BraTS2021_{i:05d}_{suffix}.nii.gz")
+    raw = tmp_path / "raw"
+    env = dict(world.env(), nnUNet_raw=str(raw))
+    proc = subprocess.Popen([NNUNET_KD, "convert-brats", str(tmp_path / "release"), "-d", "960"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = raw / f".Dataset960_BraTS.nnunet-kd-tmp-{proc.pid}"
+    deadline = time.time() + 120
+    while not (tmp / "imagesTr").is_dir() or not any((tmp / "imagesTr").iterdir()):
+        assert proc.poll() is None and time.time() < deadline, "convert-brats never started writing"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert [p.name for p in raw.iterdir()] == [tmp.name]
+    rerun = run_cli(["convert-brats", str(world.release), "-d", "960"], env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset960_BraTS"]
