@@ -262,7 +262,12 @@ def test_the_cases_cover_every_writing_or_reading_subcommand():
         assert (command, C) in CASES
 
 
-@pytest.mark.parametrize("command, kind", sorted(CASES), ids=[f"{c}-{k}".replace(" ", "_") for c, k in sorted(CASES)])
+SLOW_CASES = {("demo", "unknown trainer")}  # nnU-Net imports every trainer module to look for it (~10 s)
+
+
+@pytest.mark.parametrize("command, kind", [
+    pytest.param(c, k, id=f"{c}-{k}".replace(" ", "_"), marks=[pytest.mark.slow] if (c, k) in SLOW_CASES else [])
+    for c, k in sorted(CASES)])
 def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(world: World, command: str, kind: str):
     case = CASES[(command, kind)]
     env = world.env()
