@@ -11,11 +11,14 @@ method's accuracy on real BraTS data.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,54 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def validate_config(config: DemoConfig) -> None:
+    """Refuse a bad setting before anything is written (the demo takes minutes; fail in the first second)."""
+    from nnunet_kd.synthetic import check_shape
+
+    if config.n_train < 5:
+        raise ConfigurationError(f"--cases must be at least 5 (nnU-Net's 5-fold split), got {config.n_train}")
+    if config.n_test < 1:
+        raise ConfigurationError(f"--test-cases must be at least 1, got {config.n_test}")
+    check_shape(config.shape)
+    if config.device not in DEVICES:
+        raise ConfigurationError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    workdir = config.workdir
+    if workdir.exists() or workdir.is_symlink():
+        if not workdir.is_dir():
+            raise ConfigurationError(f"--workdir {workdir} exists and is not a folder; choose another --workdir")
+        if any(workdir.iterdir()) and not (workdir / MARKER).exists():
+            raise ConfigurationError(f"--workdir {workdir} exists and is not a previous demo folder; choose another")
+    else:
+        parent = next((p for p in workdir.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is a file")
+        if parent is not None and not os.access(parent, os.W_OK):
+            raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is not writable")
+    for trainer in [config.trainer] + ([config.baseline] if config.baseline else []):  # slowest check last
+        _check_trainer(trainer)
+
+
+def _check_trainer(name: str) -> None:
+    """The trainer must be one nnU-Net finds (stock or ours), else nnUNetv2_train would fail minutes in."""
+    # nnU-Net prints where it searches and imported modules warn about deprecations: keep the demo's output clean
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from nnunet_kd.trainer_registry import nnunet_kd_trainers
+
+        if isinstance(getattr(nnunet_kd_trainers, name, None), type):
+            return
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        try:
+            recursive_find_trainer_class_by_name(name)
+        except (RuntimeError, AssertionError):
+            raise ConfigurationError(f"--trainer {name} is neither an nnunet-kd trainer nor one nnU-Net finds "
+                                     f"(e.g. nnUNetTrainerBarlowKD_demo, nnUNetTrainerStudentOnly_demo)") from None
+
+
 def _prepare_workdir(workdir: Path) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / MARKER).exists():
@@ -82,10 +133,14 @@ def run_logged(cmd: Sequence[str], env: dict[str, str], log_file: Path, show: Ca
     with log_file.open("w") as log, subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE,
                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if show(line):
-                echo("    " + line.rstrip())
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if show(line):
+                    echo("    " + line.rstrip())
+        except BaseException:  # Ctrl-C / SIGTERM of the demo: stop the nnU-Net command too, do not wait for it
+            proc.terminate()
+            raise
         returncode = proc.wait()
     if returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-15:])
@@ -99,6 +154,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
     from nnunet_kd.evaluation.evaluate import evaluate_folders
     from nnunet_kd.synthetic import write_brats_folder
 
+    validate_config(config)
     work = config.workdir.resolve()
     _prepare_workdir(work)
     env = demo_environment(work)

@@ -18,3 +18,11 @@ class InputDataError(NnunetKDError):
 
 class ConfigurationError(NnunetKDError):
     """Environment variables, dataset ids, model folders or options do not fit together."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM, so that it unwinds like Ctrl-C.
+
+    A subclass of KeyboardInterrupt: every ``try/except BaseException`` clean-up (temporary folders, staged
+    outputs) runs for both.
+    """

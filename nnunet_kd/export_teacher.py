@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError
 from nnunet_kd.model_folder import selected_folds, write_model_folder
+from nnunet_kd.safe_io import load_checkpoint
 
 TEACHER_SUFFIX = "_teacher"
 
@@ -26,9 +27,7 @@ def default_teacher_folder(model_folder: Path) -> Path:
 
 def _teacher_state(checkpoint_file: Path) -> tuple[dict, dict]:
     """``(checkpoint, checkpoint["nnunet_kd"])`` of a KD checkpoint that holds a teacher."""
-    import torch
-
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_file)
     state = checkpoint.get("nnunet_kd")
     if state is None or "kd_modules" not in state:
         raise ConfigurationError(f"{checkpoint_file} holds no teacher (not trained by a KD trainer with a teacher)")

@@ -2,7 +2,8 @@
 
 A model folder is what ``nnUNetv2_predict -tr TRAINER`` reads: ``dataset.json``, ``plans.json`` and
 ``fold_X/checkpoint_final.pth``. :func:`write_model_folder` builds one next to its target and renames it into
-place, so an error leaves nothing half-written.
+place, so an error leaves nothing half-written and ``--overwrite`` never deletes the old folder before the new one
+is complete.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ def write_model_folder(out: str | os.PathLike, source_folder: str | os.PathLike,
     """Write a model folder: ``make_checkpoint(fold)`` gives each fold's checkpoint dict; returns ``out``.
 
     The source folder's ``dataset_fingerprint.json`` is copied along when present. An existing ``out`` is refused
-    unless ``overwrite``.
+    unless ``overwrite``; then it is replaced only once the new folder is complete (built in a temporary sibling,
+    :func:`nnunet_kd.dataset_conversion._io.staged_folder`), so an error, Ctrl-C or SIGTERM keeps the old folder
+    and a SIGKILL leaves at most a temporary sibling that the next run removes or restores.
     """
     import torch
 
+    from nnunet_kd.dataset_conversion._io import staged_folder
+
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise ConfigurationError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"{out} exists and is not a folder; remove it or choose another output folder")
+    with staged_folder(out, replace=[out] if out.exists() else []) as tmp:
         for fold in folds:
             (tmp / f"fold_{fold}").mkdir()
             torch.save(make_checkpoint(fold), tmp / f"fold_{fold}" / "checkpoint_final.pth")
@@ -58,9 +61,4 @@ def write_model_folder(out: str | os.PathLike, source_folder: str | os.PathLike,
         fingerprint = Path(source_folder) / "dataset_fingerprint.json"
         if fingerprint.is_file():
             shutil.copyfile(fingerprint, tmp / "dataset_fingerprint.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -37,6 +37,7 @@ from pathlib import Path
 from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.evaluation.evaluate import SUMMARY_JSON, evaluate_folders, load_evaluation
 from nnunet_kd.model_folder import selected_folds
+from nnunet_kd.safe_io import load_checkpoint
 from nnunet_kd.subset_export import (
     any_subset_record,
     load_model_folder,
@@ -89,8 +90,6 @@ def _trainer_class(name: str) -> type:
 def load_subset_model(model_folder: str | os.PathLike, folds: Sequence[str | int] | None = None,
                       checkpoint_name: str = "checkpoint_final.pth") -> SubsetModel:
     """Read an any-subset model folder and the student weights of its folds (default: all with a checkpoint)."""
-    import torch
-
     folder = Path(model_folder)
     dataset_json, plans = load_model_folder(folder)
     if any_subset_record(dataset_json) is None:
@@ -98,7 +97,7 @@ def load_subset_model(model_folder: str | os.PathLike, folds: Sequence[str | int
     chosen = selected_folds(folder, folds, checkpoint_name)
     parameters, first = [], None
     for fold in chosen:
-        checkpoint = torch.load(folder / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(folder / f"fold_{fold}" / checkpoint_name)
         first = first or checkpoint
         parameters.append(checkpoint["network_weights"])
     assert first is not None  # selected_folds returns at least one fold
@@ -197,10 +196,9 @@ def _predict_subset(make_predictor: Callable[[], object], lists: list[list[str]]
     """Predict into a temporary folder beside ``pred_dir``, write the marker last, then rename into place.
 
     nnU-Net's messages (predictor set-up included) go to ``log_path``."""
-    tmp = pred_dir.parent / f".{pred_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    from nnunet_kd.dataset_conversion._io import staged_folder
+
+    with staged_folder(pred_dir, replace=[pred_dir] if pred_dir.exists() else []) as tmp:
         with open(log_path, "w") as log, contextlib.redirect_stdout(log):
             predictor = make_predictor()
             truncated = [str(tmp / name) for name in outputs]
@@ -211,11 +209,6 @@ def _predict_subset(make_predictor: Callable[[], object], lists: list[list[str]]
                                              num_processes_preprocessing=num_processes_preprocessing,
                                              num_processes_segmentation_export=num_processes_export)
         (tmp / PREDICTION_MARKER).write_text(json.dumps(settings, indent=2))
-        if pred_dir.exists():
-            shutil.rmtree(pred_dir)
-        os.replace(tmp, pred_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _evaluation_matches(eval_dir: Path, gt_dir: Path, convention: str) -> dict | None:
@@ -250,6 +243,9 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
     if not subsets:
         raise ConfigurationError("no modality subset to evaluate")
     gt_dir, out = Path(gt_dir), Path(out_dir)
+    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # refuse before minutes of prediction, not when the first subset is written
+        raise InputDataError(f"cannot create output folder {out}: {blocking} is a file, not a folder")
     model = load_subset_model(model_folder, folds, checkpoint_name)
     file_ending = model.dataset_json["file_ending"]
     cases = _reference_cases(gt_dir, file_ending)

@@ -20,7 +20,6 @@ Public: :data:`ANY_SUBSET_KEY`, :class:`ZeroFillRecord`, :func:`zero_fill_record
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from nnunet_kd.modalities import (
     student_plans,
 )
 from nnunet_kd.model_folder import selected_folds, write_model_folder
+from nnunet_kd.safe_io import load_checkpoint, read_json_object
 from nnunet_kd.subsets import parse_subset, subset_name
 
 #: Key (under dataset.json's ``nnunet_kd`` record) marking a model trained with random modality subsets.
@@ -163,10 +163,7 @@ def default_subset_folder(model_folder: str | os.PathLike, keep: str | Sequence[
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ConfigurationError(f"{path.parent} is not an nnU-Net model folder: {path.name} is missing")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ConfigurationError(f"cannot read {path}: {e}") from None
+    return read_json_object(path, path.name)
 
 
 def load_model_folder(model_folder: str | os.PathLike) -> tuple[dict, dict]:
@@ -185,8 +182,6 @@ def export_subset(model_folder: str | os.PathLike, keep: str | Sequence[str], ou
     Every requested fold (default: all with ``checkpoint_name``) gets ``fold_X/checkpoint_final.pth`` holding the
     student's weights and the trainer name; the folder is built next to the target and renamed into place.
     """
-    import torch
-
     model_folder = Path(model_folder)
     dataset_json, plans = load_model_folder(model_folder)
     reduced_json, reduced_plans, _record = subset_model_files(dataset_json, plans, keep, where=str(model_folder))
@@ -199,7 +194,7 @@ def export_subset(model_folder: str | os.PathLike, keep: str | Sequence[str], ou
 
     def subset_checkpoint(fold: str) -> dict:
         ckpt_file = model_folder / f"fold_{fold}" / checkpoint_name
-        checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(ckpt_file)
         missing = [k for k in ("network_weights", "init_args", "trainer_name") if k not in checkpoint]
         if missing:
             raise ConfigurationError(f"{ckpt_file} is not an nnU-Net checkpoint (no {', '.join(missing)})")

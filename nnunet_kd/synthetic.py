@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +59,9 @@ BASE_INTENSITY = 1000.0
 
 #: Smallest grid side :func:`make_case` accepts (the tumour needs a few voxels per compartment).
 MIN_SIDE = 16
+#: Largest grid (voxels). A case needs about 270 bytes per voxel at its peak (0.7 GB at 128^3, 4.5 GB at 256^3);
+#: a BraTS volume (240x240x155) has 8.9 M voxels.
+MAX_VOXELS = 256 ** 3
 
 
 @dataclass(frozen=True)
@@ -281,13 +281,17 @@ def _paint_tumour(rng: np.random.Generator, brain: np.ndarray, wm: np.ndarray, c
 # ----------------------------------------------------------------------------------------------- images
 
 
-def _check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+def check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     try:
         values = tuple(int(s) for s in shape)
     except (TypeError, ValueError):
         raise NnunetKDError(f"grid shape {shape!r} is not three integers") from None
     if len(values) != 3 or min(values) < MIN_SIDE or any(v != s for v, s in zip(values, shape)):
         raise NnunetKDError(f"grid shape {tuple(shape)} must be three integers >= {MIN_SIDE}")
+    n_voxels = values[0] * values[1] * values[2]
+    if n_voxels > MAX_VOXELS:
+        raise NnunetKDError(f"grid shape {'x'.join(map(str, values))} has {n_voxels:,} voxels, more than the "
+                            f"{MAX_VOXELS:,} (256^3) a synthetic case may have (a BraTS volume is 240x240x155)")
     return values  # type: ignore[return-value]
 
 
@@ -319,7 +323,7 @@ def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bo
     divided by ``shape``, so that the brain fills the grid.
     ``labeled=False`` still paints a tumour but returns ``seg=None`` (an unlabelled case).
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     anat = _anatomy(shape)
     rng = np.random.default_rng(int(seed))
 
@@ -403,7 +407,7 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
     place; an existing non-empty ``out`` is an error unless ``overwrite``. Returns the case ids written.
     """
     spec = _layout(layout)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     n_cases, unlabeled = int(n_cases), int(unlabeled)
     if n_cases < 0 or unlabeled < 0 or n_cases + unlabeled < 1:
         raise NnunetKDError(f"need at least one case (got {n_cases} labelled, {unlabeled} unlabelled)")
@@ -418,11 +422,11 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
             raise NnunetKDError(f"output folder {out} already exists and is not empty; choose another folder or "
                                 "overwrite it (--overwrite)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    from nnunet_kd.dataset_conversion._io import staged_folder
+
     ids = [case_id(layout, i) for i in range(n_cases + unlabeled)]
-    try:
+    replace = [out] if out.exists() or out.is_symlink() else []
+    with staged_folder(out, replace=replace) as tmp:
         iterator = range(len(ids))
         if progress:
             from tqdm import tqdm
@@ -431,17 +435,4 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
         for i in iterator:
             case = make_case(case_seed(seed, i), shape, labeled=i < n_cases)
             _write_case(case, tmp / ids[i], ids[i], spec)
-        if out.exists() or out.is_symlink():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ids

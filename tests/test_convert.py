@@ -312,3 +312,19 @@ def test_nnunet_verify_dataset_integrity_accepts_converted_dataset(tmp_path):
     assert "WARNING" not in proc.stdout and "Error" not in proc.stdout
     assert (pre / "Dataset531_Blobs" / "nnUNetPlans.json").is_file()
     assert len(list((pre / "Dataset531_Blobs" / "nnUNetPlans_3d_fullres").glob("BRATS_*"))) >= 3
+
+
+def test_dataset_id_must_name_one_dataset_across_the_nnunet_folders(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_2021(src, n=1)
+    for name in ("raw", "pre", "res"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))
+    (tmp_path / "pre" / "Dataset030_BraTS").mkdir()  # the same dataset, preprocessed earlier: fine
+    assert convert_brats(src, 30, progress=False).name == "Dataset030_BraTS"
+    (tmp_path / "res" / "Dataset030_Old").mkdir()  # models of another dataset with this id
+    with pytest.raises(ConfigurationError, match=r"dataset id 030 is already used by .*res/Dataset030_Old"):
+        convert_brats(src, 30, overwrite=True, progress=False)
+    assert leftovers(tmp_path / "raw") == ["Dataset030_BraTS"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +100,7 @@ def _images_folder(folder: Path, cases=("c1", "c2"), channels=range(4)) -> None:
     folder.mkdir(parents=True)
     for case in cases:
         for k in channels:
-            (folder / f"{case}_{k:04d}.nii.gz").write_bytes(f"{case} channel {k}".encode())
+            write(folder / f"{case}_{k:04d}.nii.gz", np.full((4, 4, 4), 10 * int(case[1:]) + k, np.float32))
     (folder / "._c1_0000.nii.gz").write_bytes(b"junk")
 
 
@@ -108,7 +110,7 @@ def test_select_keeps_the_named_channels_with_their_suffixes(tmp_path):
     names = ["c1_0001.nii.gz", "c1_0003.nii.gz", "c2_0001.nii.gz", "c2_0003.nii.gz"]
     assert [p.name for p in written] == names
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
-    assert (tmp_path / "out" / "c2_0003.nii.gz").read_bytes() == b"c2 channel 3"
+    assert (tmp_path / "out" / "c2_0003.nii.gz").read_bytes() == (tmp_path / "imagesTs" / "c2_0003.nii.gz").read_bytes()
     # aliases and sequences work too
     written = select_modalities(tmp_path / "imagesTs", tmp_path / "out2", ["t2f"], progress=False)
     assert [p.name for p in written] == ["c1_0003.nii.gz", "c2_0003.nii.gz"]
@@ -121,7 +123,7 @@ def test_select_resolves_names_against_dataset_json(tmp_path):
     written = select_modalities(tmp_path / "images", tmp_path / "out", "T1ce,FLAIR",
                                 dataset_json=tmp_path / "dataset.json", progress=False)
     assert [p.name for p in written] == ["c1_0000.nii.gz", "c1_0002.nii.gz", "c2_0000.nii.gz", "c2_0002.nii.gz"]
-    assert (tmp_path / "out" / "c1_0002.nii.gz").read_bytes() == b"c1 channel 2"
+    assert (tmp_path / "out" / "c1_0002.nii.gz").read_bytes() == (tmp_path / "images" / "c1_0002.nii.gz").read_bytes()
     with pytest.raises(NnunetKDError, match=r"modality T2 not among the channel_names of .*dataset\.json"):
         select_modalities(tmp_path / "images", tmp_path / "out3", "T2", dataset_json=tmp_path / "dataset.json",
                           progress=False)
@@ -154,3 +156,18 @@ def test_select_cli(tmp_path, capsys):
     assert main(["select-modalities", str(tmp_path / "images"), str(tmp_path / "o2"), "--keep", "FLAIR,XYZ"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-kd select-modalities: error: unknown modality 'XYZ'") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_select_cli_refuses_a_damaged_file_and_writes_nothing(tmp_path, damage):
+    _images_folder(tmp_path / "images")
+    bad = tmp_path / "images" / "c2_0003.nii.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a NIfTI file at all")
+    proc = subprocess.run([str(Path(sys.executable).parent / "nnunet-kd"), "select-modalities",
+                           str(tmp_path / "images"), str(tmp_path / "out"), "--keep", "FLAIR"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nnunet-kd select-modalities: error: case c2: cannot copy {bad}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -254,7 +256,14 @@ def test_evaluate_subsets_writes_table_and_reuses_finished_subsets(any_subset_mo
     assert "**Mean (2 subsets)**" in md and "DeMoSeg" in md
     rows = list(csv.DictReader((out / "subset_table.csv").read_text().splitlines()))
     assert [r["subset"] for r in rows] == ["T1ce", "T2+FLAIR", "Mean"]
-    assert all(0.0 <= float(r["WT_dice"]) <= 1.0 for r in rows) and all(r["n_cases"] == "2" for r in rows)
+    assert all(r["n_cases"] == "2" for r in rows)
+    # WT Dice of each subset recomputed from the written predictions and references with plain numpy
+    # (WT = any tumour label; Dice 1 when both masks are empty); the mean row is the mean over subsets
+    for r in rows[:-1]:
+        expected = np.mean([_wt_dice(out / "subsets" / r["subset"] / "predictions" / f"{case}.nii.gz",
+                                     labels / f"{case}.nii.gz") for case in cases])
+        assert float(r["WT_dice"]) == pytest.approx(expected, abs=1e-9), r["subset"]
+    assert float(rows[-1]["WT_dice"]) == pytest.approx(np.mean([float(r["WT_dice"]) for r in rows[:-1]]))
     assert (out / "subset_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "subsets" / "T1ce" / "evaluation" / "summary.json").read_text())["num_cases"] == 2
 
@@ -278,6 +287,33 @@ def test_evaluate_subsets_writes_table_and_reuses_finished_subsets(any_subset_mo
     assert main(argv) == 0
     assert "2 subset(s) (2 reused" in capsys.readouterr().out
     assert marker.stat().st_mtime_ns == before
+
+
+def _wt_dice(pred_file: Path, gt_file: Path) -> float:
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_file))) > 0
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(gt_file))) > 0
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
+
+
+def test_overwrite_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path: Path, monkeypatch, capsys):
+    folder = fake_any_subset_folder(tmp_path)
+    assert main(["export-subset", str(folder), "--keep", "T2+FLAIR"]) == 0
+    out = tmp_path / f"{EXPORTED}__nnUNetPlans__3d_fullres"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the new folder is complete, but moving it into place fails
+        if Path(src).name.startswith(f".{out.name}.nnunet-kd-tmp-"):
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert main(["export-subset", str(folder), "--keep", "T2+FLAIR", "--overwrite"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnunet-kd export-subset: error: Input/output error: {out}"]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, out.name])  # no temporary left
 
 
 def test_evaluate_subsets_names_a_case_with_missing_files(tmp_path: Path, capsys):

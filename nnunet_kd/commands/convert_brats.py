@@ -33,15 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from nnunet_kd.dataset_conversion.convert import convert_brats
+    from nnunet_kd.safe_io import read_json_object
 
     folder = convert_brats(args.src, args.dataset_id, name=args.name, layout=args.layout,
                            num_processes=args.num_processes, overwrite=args.overwrite,
                            progress=sys.stderr.isatty())
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = read_json_object(folder / "dataset.json", "dataset.json")
     print(f"wrote {folder}: {meta['numTraining']} training case(s) in imagesTr/labelsTr, "
           f"{meta['numTest']} test case(s) in imagesTs (source layout {meta['source_layout']})")
     return 0

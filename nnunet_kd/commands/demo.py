@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainer", default="nnUNetTrainerBarlowKD_demo", help="trainer to demonstrate")
     parser.add_argument("--baseline", action="store_true",
                         help="also train the student-only baseline (nnUNetTrainerStudentOnly_demo) and compare")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"), help="cpu (default) or cuda")
     parser.add_argument("--verbose", action="store_true", help="show every line nnU-Net prints")
 
 
@@ -29,10 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_kd.demo import DemoConfig, format_results, run_demo
-    from nnunet_kd.errors import ConfigurationError
 
-    if args.cases < 5:
-        raise ConfigurationError("--cases must be at least 5 (nnU-Net's 5-fold split)")
     config = DemoConfig(Path(args.workdir), n_train=args.cases, n_test=args.test_cases,
                         shape=(args.shape,) * 3, trainer=args.trainer,
                         baseline="nnUNetTrainerStudentOnly_demo" if args.baseline else None,

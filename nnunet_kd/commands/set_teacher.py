@@ -32,12 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     from nnunet_kd.errors import ConfigurationError
     from nnunet_kd.paths import nnunet_preprocessed
+    from nnunet_kd.safe_io import read_json_object
     from nnunet_kd.teacher_config import (
         TeacherConfig,
         available_teacher_folds,
@@ -57,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     plans_file = base / f"{args.teacher_plans}.json"
     if not plans_file.is_file():
         raise ConfigurationError(f"plans {plans_file} do not exist; run nnUNetv2_plan_and_preprocess first")
-    plans = json.loads(plans_file.read_text())
+    plans = read_json_object(plans_file, "plans")
     if args.configuration not in plans.get("configurations", {}):
         raise ConfigurationError(f"configuration {args.configuration} is not in {plans_file}; choose one of "
                                  f"{', '.join(plans.get('configurations', {}))}")
-    dataset_json = json.loads((base / "dataset.json").read_text())
+    dataset_json = read_json_object(base / "dataset.json", "dataset.json")
 
     fold = parse_fold(args.teacher_fold, "--teacher-fold") if args.teacher_fold is not None else None
     config = TeacherConfig(args.teacher_trainer, args.teacher_plans, args.configuration, fold, args.checkpoint)

@@ -13,7 +13,7 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
 and direction across modalities and segmentation, only the release's label values. Images keep their
 voxel values, type and geometry (``.nii.gz`` sources are copied byte for byte after the checks; ``.nii`` and
-MSD 4D files are re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.tmp-<pid>`` next to
+MSD 4D files are re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to
 the target and renamed into place at the end; any error removes it.
 """
 
@@ -68,14 +68,17 @@ def convert_brats(src: str | Path, dataset_id: int, name: str = "BraTS", layout:
 
     ``raw_root`` defaults to ``$nnUNet_raw``. ``layout`` is ``auto`` or one of ``layouts.LAYOUTS``. An existing
     dataset with the same id (any name) is an error unless ``overwrite``, which replaces it once the new one is
-    complete. Bad input raises :class:`InputDataError` / :class:`NnunetKDError` with one line naming the case
+    complete. Without ``raw_root``, an id that ``$nnUNet_preprocessed`` or ``$nnUNet_results`` use under another
+    name is refused (:func:`nnunet_kd.paths.check_dataset_id_free`). Bad input raises :class:`InputDataError` / :class:`NnunetKDError` with one line naming the case
     and file; nothing is left behind in that case. With ``num_processes > 1`` cases are converted in a spawn
     pool, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
-    from nnunet_kd.paths import nnunet_raw
+    from nnunet_kd.paths import check_dataset_id_free, nnunet_raw
 
     folder_name = dataset_folder_name(dataset_id, name)
     root = Path(raw_root) if raw_root is not None else nnunet_raw()
+    if raw_root is None:  # the nnU-Net folders of this environment: one name per id across all three
+        check_dataset_id_free(folder_name)
     if root.exists() and not root.is_dir():
         raise ConfigurationError(f"nnUNet_raw {root} is not a folder")
     target = root / folder_name

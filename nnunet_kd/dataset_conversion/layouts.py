@@ -37,7 +37,6 @@ without a segmentation is a test case (written to ``imagesTs``). The case id wri
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from nnunet_kd.brats import MODALITIES, UnknownModalityError, canonical_modality
 from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.safe_io import read_json_object
 
 #: Layout names accepted by :func:`list_cases` (besides ``"auto"``), each also a key of ``brats.CONVENTIONS``.
 LAYOUTS: tuple[str, ...] = ("2018", "2019", "2020", "2021", "2023", "msd")
@@ -240,10 +240,7 @@ def _msd_channel_order(release: Path) -> dict[str, int]:
     path = release / "dataset.json"
     if not path.is_file():
         return {m: i for i, m in enumerate(MSD_DEFAULT_CHANNELS)}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputDataError(f"cannot read MSD dataset.json {path}: {e}") from None
+    meta = read_json_object(path, "MSD dataset.json")
     modality = meta.get("modality") or meta.get("channel_names") if isinstance(meta, dict) else None
     if not modality:
         return {m: i for i, m in enumerate(MSD_DEFAULT_CHANNELS)}

@@ -12,15 +12,15 @@ final place and renamed at the end; it must not exist yet or be empty.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_kd.brats import MODALITIES, UnknownModalityError, canonical_modality, channel_suffix, parse_modality_list
-from nnunet_kd.dataset_conversion._io import require_new_folder, staged_folder
+from nnunet_kd.dataset_conversion._io import check_complete, one_line, require_new_folder, staged_folder
 from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.safe_io import read_json_object
 
 
 def channel_indices(keep: str | Sequence[str], dataset_json: str | Path | None = None) -> dict[str, int]:
@@ -40,13 +40,7 @@ def channel_indices(keep: str | Sequence[str], dataset_json: str | Path | None =
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputDataError(f"cannot read dataset.json {path}: {e}") from None
-    if not isinstance(meta, dict):
-        raise InputDataError(f"dataset.json {path} does not hold a JSON object")
-    return meta
+    return read_json_object(path, "dataset.json")
 
 
 def _channels_of(path: Path) -> dict[str, int]:
@@ -68,12 +62,24 @@ def _channels_of(path: Path) -> dict[str, int]:
     return channels
 
 
+def _check_complete(path: Path) -> None:
+    """Refuse a NIfTI file that is shorter than its header says (nnU-Net would read it silently as garbage)."""
+    if not path.name.endswith((".nii.gz", ".nii")):
+        return
+    try:
+        check_complete(path)
+    except Exception as e:  # nibabel, zlib and OS errors of a damaged file alike
+        case = re.sub(r"_\d{4}\.nii(\.gz)?$", "", path.name)
+        raise InputDataError(f"case {case}: cannot copy {path}: {one_line(e)}") from None
+
+
 def select_modalities(src_images: str | Path, out_dir: str | Path, keep: str | Sequence[str],
                       dataset_json: str | Path | None = None, progress: bool = True) -> list[Path]:
     """Copy the ``keep`` channels of every case in ``src_images`` into ``out_dir``; return the written files.
 
     Raises :class:`NnunetKDError` for an unknown modality name or one the dataset.json does not list, and
-    :class:`InputDataError` naming the case and file when a case lacks one of the kept channels.
+    :class:`InputDataError` naming the case and file when a case lacks one of the kept channels or a NIfTI file is
+    truncated (shorter than its header says); nothing is written then.
     """
     from tqdm import tqdm
 
@@ -103,5 +109,6 @@ def select_modalities(src_images: str | Path, out_dir: str | Path, keep: str | S
     names = [f"{case}{channel_suffix(i)}{ending}" for case in sorted(cases) for i in kept.values()]
     with staged_folder(out, replace=[out] if out.exists() else []) as tmp:
         for name in tqdm(names, desc=f"copying {', '.join(kept)}", unit="file", disable=not progress):
+            _check_complete(src / name)
             shutil.copyfile(src / name, tmp / name)
     return [out / name for name in names]

@@ -26,6 +26,7 @@ from pathlib import Path
 from nnunet_kd.dataset_conversion.convert import dataset_folder_name, existing_datasets
 from nnunet_kd.distillation.pseudolabel import STATUS_EMPTY, STATUS_OK, list_cases, load_report
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
+from nnunet_kd.safe_io import read_json_object
 
 #: dataset.json key listing the pseudo-labelled case identifiers.
 PSEUDO_LABELLED_KEY = "nnunet_kd_pseudo_labelled"
@@ -79,15 +80,17 @@ def build_distill_dataset(source: str | int | Path, pseudolabels: str | Path, da
     """
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-    from nnunet_kd.paths import nnunet_raw
+    from nnunet_kd.paths import check_dataset_id_free, nnunet_raw
 
     root = Path(raw_root) if raw_root is not None else nnunet_raw()
     source_dir = resolve_raw_dataset(source, root)
-    source_json = json.loads((source_dir / "dataset.json").read_text())
+    source_json = read_json_object(source_dir / "dataset.json", "dataset.json")
     file_ending = source_json["file_ending"]
     n_channels = len(source_json["channel_names"])
     source_name = source_dir.name.split("_", 1)[1] if "_" in source_dir.name else source_dir.name
     target = root / dataset_folder_name(dataset_id, name or f"{source_name}Distill")
+    if raw_root is None:  # one name per id across nnUNet_raw, nnUNet_preprocessed and nnUNet_results
+        check_dataset_id_free(target.name)
     existing = existing_datasets(root, dataset_id)
     if existing and not overwrite:
         raise NnunetKDError(f"dataset id {dataset_id:03d} already exists: {', '.join(map(str, existing))}; "

@@ -38,6 +38,7 @@ import numpy as np
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.paths import trainers_findable
+from nnunet_kd.safe_io import read_json_object
 
 CHECKPOINT = "checkpoint_final.pth"
 REPORT_NAME = "pseudolabels.json"
@@ -117,7 +118,7 @@ def resolve_members(specs: Sequence[tuple[Path, Sequence[str] | None]],
 
 
 def _load_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return read_json_object(path, path.name)
 
 
 def check_members_compatible(members: Sequence[EnsembleMember]) -> dict:

@@ -435,13 +435,15 @@ def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.Path
 
 def load_evaluation(out_dir: str | os.PathLike) -> tuple[list[dict], dict]:
     """Read an output folder of :func:`evaluate_folders`: ``(per-case rows with floats, summary dict)``."""
+    from nnunet_kd.safe_io import read_json_object
+
     out = Path(out_dir)
     csv_path, json_path = out / PER_CASE_CSV, out / SUMMARY_JSON
     for p in (csv_path, json_path):
         if not p.is_file():
             raise InputDataError(f"{out} is not an output folder of `nnunet-kd evaluate`: {p.name} is missing")
     try:
-        summary = json.loads(json_path.read_text(encoding="utf-8"))
+        summary = read_json_object(json_path, "evaluation summary")
         with open(csv_path, newline="", encoding="utf-8") as f:
             raw_rows = list(csv.DictReader(f))
     except (OSError, ValueError) as e:
