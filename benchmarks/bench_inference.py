@@ -3,7 +3,7 @@
 Run ``python -m benchmarks.bench_inference --out DIR [--device cpu|cuda]`` (writes ``DIR/bench_inference.json``).
 
 Two model folders are written for the benchmark dataset, with the same dataset.json (T1ce, FLAIR) and the same
-plans.json (the student's, :func:`nnunet_kd.modalities.student_plans`) and the same network weights:
+plans.json (the student's, :func:`nnunet_kd.subsets.modalities.student_plans`) and the same network weights:
 
 * ``ours``: ``nnUNetTrainerBarlowKD`` (checkpoint also holding teacher and projectors, as training writes it);
 * ``stock``: stock ``nnUNetTrainer`` built on those 2 channels, its network loaded with the student's weights.
@@ -46,7 +46,7 @@ def write_model_folders(data: common.BenchData, results: Path, device: str) -> d
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_kd.modalities import student_plans
+    from nnunet_kd.subsets.modalities import student_plans
     from nnunet_kd.trainers.barlow_kd import unwrap
 
     kd = build_trainer("kd", data, device)

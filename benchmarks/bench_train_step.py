@@ -56,7 +56,7 @@ def build_trainer(variant: str, data: common.BenchData, device: str):
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_kd.modalities import resolve_channels, student_dataset_json
+    from nnunet_kd.subsets.modalities import resolve_channels, student_dataset_json
     from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD
 
     if variant not in VARIANTS:

@@ -4,7 +4,7 @@ Run ``python -m benchmarks.bench_two_stage --out DIR [--device cpu|cuda]`` (writ
 
 On the synthetic preprocessed dataset of :mod:`benchmarks.common` (its own nnU-Net folders, never the user's), a
 stock ``nnUNetTrainer`` network is saved as a teacher checkpoint and named with
-:func:`nnunet_kd.teacher_config.write_teacher_config` (its weights are untrained: they do not change the cost).
+:func:`nnunet_kd.trainers.teacher_config.write_teacher_config` (its weights are untrained: they do not change the cost).
 Then, in this one process, four things are timed on the same fixed random batch after warm-up, in interleaved
 rounds (order rotated each round):
 
@@ -39,7 +39,7 @@ def save_teacher(data: common.BenchData, device: str) -> Path:
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_kd.teacher_config import TeacherConfig, teacher_checkpoint_file, write_teacher_config
+    from nnunet_kd.trainers.teacher_config import TeacherConfig, teacher_checkpoint_file, write_teacher_config
 
     config = TeacherConfig(TEACHER_TRAINER, common.PLANS, common.CONFIGURATION)
     with common.quiet():

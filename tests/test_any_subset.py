@@ -12,7 +12,7 @@ import torch
 
 from conftest import BIN, NnunetEnv
 from nnunet_kd.errors import ConfigurationError
-from nnunet_kd.subsets import (
+from nnunet_kd.subsets.catalog import (
     SubsetSampler,
     all_subsets,
     parse_subset,

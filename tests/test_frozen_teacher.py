@@ -55,7 +55,7 @@ def frozen_run(nnunet_env: NnunetEnv, teacher: Path) -> Path:
 @contextmanager
 def teacher_config(env: NnunetEnv, trainer: str | None, fold=None) -> Iterator[None]:
     """Temporarily name another teacher (written without checks, as a hand-edited JSON would be); None: no JSON."""
-    from nnunet_kd.teacher_config import TeacherConfig, write_teacher_config
+    from nnunet_kd.trainers.teacher_config import TeacherConfig, write_teacher_config
 
     path = config_file(env)
     before = path.read_text() if path.is_file() else None

@@ -8,7 +8,7 @@ from torch import nn
 
 from nnunet_kd.brats import make_dataset_json
 from nnunet_kd.errors import ConfigurationError
-from nnunet_kd.modalities import (
+from nnunet_kd.subsets.modalities import (
     WrongInputChannelsError,
     attach_input_channel_check,
     recorded_subset,

@@ -19,15 +19,15 @@ from conftest import BIN, NnunetEnv
 from nnunet_kd.brats import make_dataset_json
 from nnunet_kd.cli import main
 from nnunet_kd.errors import ConfigurationError
-from nnunet_kd.modalities import WrongInputChannelsError, attach_input_channel_check
-from nnunet_kd.subset_export import (
+from nnunet_kd.subsets.export import (
     ZeroFillRecord,
     attach_zero_fill,
     export_subset,
     subset_model_files,
     zero_fill_record,
 )
-from nnunet_kd.subset_table import mean_row, subset_row, table_csv, table_markdown
+from nnunet_kd.subsets.modalities import WrongInputChannelsError, attach_input_channel_check
+from nnunet_kd.subsets.table import mean_row, subset_row, table_csv, table_markdown
 
 ANY_SUBSET = "nnUNetTrainerBarlowKD_AnySubset_smoke"
 EXPORTED = f"{ANY_SUBSET}_keep_T2_FLAIR"
@@ -278,7 +278,7 @@ def test_evaluate_subsets_writes_table_and_reuses_finished_subsets(any_subset_mo
     # a re-run predicts nothing: finished subsets come from the cache
     marker = out / "subsets" / "T1ce" / "predictions" / "subset_prediction.json"
     before = marker.stat().st_mtime_ns
-    import nnunet_kd.subset_evaluation as subset_evaluation
+    import nnunet_kd.subsets.evaluation as subset_evaluation
 
     def no_prediction(*args, **kwargs):
         raise AssertionError("a finished subset was predicted again")

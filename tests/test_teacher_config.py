@@ -12,7 +12,7 @@ import torch
 
 from nnunet_kd.cli import main
 from nnunet_kd.errors import ConfigurationError
-from nnunet_kd.teacher_config import (
+from nnunet_kd.trainers.teacher_config import (
     TeacherConfig,
     available_teacher_folds,
     check_teacher_checkpoint,

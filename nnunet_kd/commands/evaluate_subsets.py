@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from nnunet_kd.subset_evaluation import evaluate_subsets
-    from nnunet_kd.subset_table import subset_row, write_subset_table
-    from nnunet_kd.subsets import parse_subsets
+    from nnunet_kd.subsets.catalog import parse_subsets
+    from nnunet_kd.subsets.evaluation import evaluate_subsets
+    from nnunet_kd.subsets.table import subset_row, write_subset_table
 
     subsets = parse_subsets(args.subsets)
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

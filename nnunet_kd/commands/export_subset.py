@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_kd.subset_export import export_subset, load_model_folder, zero_fill_record
+    from nnunet_kd.subsets.export import export_subset, load_model_folder, zero_fill_record
 
     out = export_subset(args.model_folder, args.keep, args.out, args.folds, args.checkpoint, args.overwrite)
     dataset_json, _ = load_model_folder(out)

@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_kd.errors import ConfigurationError
-    from nnunet_kd.export_teacher import export_teacher
     from nnunet_kd.paths import nnunet_results
+    from nnunet_kd.trainers.export_teacher import export_teacher
 
     if args.model_folder:
         folder = Path(args.model_folder)

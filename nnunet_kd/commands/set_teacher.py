@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_kd.errors import ConfigurationError
     from nnunet_kd.paths import nnunet_preprocessed
     from nnunet_kd.safe_io import read_json_object
-    from nnunet_kd.teacher_config import (
+    from nnunet_kd.trainers.teacher_config import (
         TeacherConfig,
         available_teacher_folds,
         check_teacher_checkpoint,

@@ -12,7 +12,7 @@ Zeroing happens in :meth:`student_input`, i.e. on the batch as the data loader d
 
 Validation pseudo-Dice draws random subsets too (an estimate of the mean over subsets); nnU-Net's final validation
 runs the student on all four channels. Per-subset numbers: ``nnunet-kd evaluate-subsets``; a model folder that stock
-``nnUNetv2_predict`` runs with only some files per case: ``nnunet-kd export-subset`` (:mod:`nnunet_kd.subset_export`).
+``nnUNetv2_predict`` runs with only some files per case: ``nnunet-kd export-subset`` (:mod:`nnunet_kd.subsets.export`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 import torch
 
 from nnunet_kd.brats import MODALITIES
-from nnunet_kd.modalities import RECORD_KEY
-from nnunet_kd.subset_export import ANY_SUBSET_KEY, attach_zero_fill, zero_fill_record
-from nnunet_kd.subsets import SubsetSampler, zero_missing_channels
+from nnunet_kd.subsets.catalog import SubsetSampler, zero_missing_channels
+from nnunet_kd.subsets.export import ANY_SUBSET_KEY, attach_zero_fill, zero_fill_record
+from nnunet_kd.subsets.modalities import RECORD_KEY
 from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD
 from nnunet_kd.trainers.pixel_kd import PixelKDMixin
 from nnunet_kd.trainers.smoke import SmokeSchedule

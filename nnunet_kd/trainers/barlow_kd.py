@@ -12,7 +12,7 @@ Twins aligns the projected bottleneck features of the two networks (:mod:`nnunet
 Everything else is stock nnU-Net: plans, data loading and augmentation, 5-fold splits, poly LR, checkpoints,
 ``--c`` / ``--val`` / ``--val_best``. The student is ``self.network``: checkpoints store it as
 ``network_weights`` (what ``nnUNetv2_predict`` loads), pseudo-Dice and the final validation are the student's on
-its own channels, and the model folder gets a reduced dataset.json / plans.json (:mod:`nnunet_kd.modalities`) so
+its own channels, and the model folder gets a reduced dataset.json / plans.json (:mod:`nnunet_kd.subsets.modalities`) so
 stock prediction runs with only the student's files per case. Teacher, projectors and the teacher's pseudo-Dice
 are extra: stored under ``checkpoint["nnunet_kd"]`` and logged as ``teacher_*`` keys (``progress_kd.png``).
 
@@ -32,7 +32,8 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_kd.losses.barlow_twins import BarlowTwinsLoss
-from nnunet_kd.modalities import (
+from nnunet_kd.networks.projector import make_projector
+from nnunet_kd.subsets.modalities import (
     ChannelSubset,
     attach_input_channel_check,
     recorded_subset,
@@ -40,7 +41,6 @@ from nnunet_kd.modalities import (
     student_dataset_json,
     student_plans,
 )
-from nnunet_kd.networks.projector import make_projector
 from nnunet_kd.trainers.kd_progress import plot_kd_progress
 from nnunet_kd.trainers.student_channels import student_channel_dataset
 

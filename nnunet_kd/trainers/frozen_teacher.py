@@ -12,7 +12,7 @@
     keeps training with its DS loss).
 
 Which model is the teacher comes from the JSON written by ``nnunet-kd set-teacher``
-(:mod:`nnunet_kd.teacher_config`); the teacher fold is the KD run's fold unless the JSON pins one. The JSON, the
+(:mod:`nnunet_kd.trainers.teacher_config`); the teacher fold is the KD run's fold unless the JSON pins one. The JSON, the
 checkpoint and its fit (dataset, plans, configuration, patch size, network, labels, channel names) are checked in
 ``__init__``, before nnU-Net writes anything, so a wrong teacher stops ``nnUNetv2_train`` at once with one
 :class:`~nnunet_kd.errors.ConfigurationError` line. ``--c`` / ``--val`` need the teacher JSON and checkpoint too
@@ -27,10 +27,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnunet_kd.teacher_config import TeacherSource, check_weights_fit, resolve_teacher
 from nnunet_kd.trainers.barlow_kd import nnUNetTrainerBarlowKD, unwrap
 from nnunet_kd.trainers.pixel_kd import PixelKDMixin
 from nnunet_kd.trainers.smoke import SmokeSchedule
+from nnunet_kd.trainers.teacher_config import TeacherSource, check_weights_fit, resolve_teacher
 
 
 class PretrainedTeacherKD(nnUNetTrainerBarlowKD):

@@ -2,7 +2,7 @@
 
 For each subset, the cases' kept files (original ``_000X`` suffixes, taken from a folder holding all four files per
 case) are predicted with nnU-Net's ``nnUNetPredictor`` set up exactly as stock ``nnUNetv2_predict`` would set up the
-folder written by ``nnunet-kd export-subset`` (:func:`nnunet_kd.subset_export.subset_model_files`: reduced
+folder written by ``nnunet-kd export-subset`` (:func:`nnunet_kd.subsets.export.subset_model_files`: reduced
 dataset.json / plans, the trainer's network with zero-filled missing channels) -- so nnU-Net's preprocessing (crop to
 the non-zero region, normalisation) sees only the kept images, as it would for a hospital that acquired only those.
 Predictions are scored with :func:`nnunet_kd.evaluation.evaluate.evaluate_folders`.
@@ -38,12 +38,12 @@ from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.evaluation.evaluate import SUMMARY_JSON, evaluate_folders, load_evaluation
 from nnunet_kd.model_folder import selected_folds
 from nnunet_kd.safe_io import load_checkpoint
-from nnunet_kd.subset_export import (
+from nnunet_kd.subsets.catalog import all_subsets, parse_subset, subset_name
+from nnunet_kd.subsets.export import (
     any_subset_record,
     load_model_folder,
     subset_model_files,
 )
-from nnunet_kd.subsets import all_subsets, parse_subset, subset_name
 
 SUBSETS_DIR = "subsets"
 PREDICTIONS_DIR = "predictions"

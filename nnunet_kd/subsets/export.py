@@ -2,14 +2,14 @@
 
 An any-subset model (``nnUNetTrainerBarlowKD_AnySubset`` and variants) is one 4-channel network trained with missing
 channels set to 0 after normalisation. :func:`export_subset` writes, for a kept subset such as T2 + FLAIR, a model
-folder whose dataset.json / plans.json describe only the kept channels (:mod:`nnunet_kd.modalities`: reduced and
+folder whose dataset.json / plans.json describe only the kept channels (:mod:`nnunet_kd.subsets.modalities`: reduced and
 re-keyed, kept channels first) and record the network's full channel list. nnU-Net then preprocesses cases with only
 the kept files (original ``_000X`` suffixes) and builds the network through the checkpoint's trainer class, whose
 ``build_network_architecture`` sees the record and returns the 4-channel network behind a forward pre-hook
 (:func:`attach_zero_fill`) that inserts zero channels at the missing positions. The state_dict is unchanged, so the
 exported checkpoints hold the original student weights (teacher and projector state are left out).
 
-A case with the wrong number of files stops with a :class:`nnunet_kd.modalities.WrongInputChannelsError` naming the
+A case with the wrong number of files stops with a :class:`nnunet_kd.subsets.modalities.WrongInputChannelsError` naming the
 expected files. (nnU-Net matches files to channels by sorted suffix only, so the right *number* of files with wrong
 suffixes cannot be detected; ``nnunet-kd select-modalities`` picks the right files.)
 
@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError
-from nnunet_kd.modalities import (
+from nnunet_kd.model_folder import selected_folds, write_model_folder
+from nnunet_kd.safe_io import load_checkpoint, read_json_object
+from nnunet_kd.subsets.catalog import parse_subset, subset_name
+from nnunet_kd.subsets.modalities import (
     RECORD_KEY,
     ChannelSubset,
     WrongInputChannelsError,
@@ -35,9 +38,6 @@ from nnunet_kd.modalities import (
     student_dataset_json,
     student_plans,
 )
-from nnunet_kd.model_folder import selected_folds, write_model_folder
-from nnunet_kd.safe_io import load_checkpoint, read_json_object
-from nnunet_kd.subsets import parse_subset, subset_name
 
 #: Key (under dataset.json's ``nnunet_kd`` record) marking a model trained with random modality subsets.
 ANY_SUBSET_KEY = "any_subset"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from nnunet_kd.brats import channel_suffix
 from nnunet_kd.errors import ConfigurationError, InputDataError
-from nnunet_kd.modalities import RECORD_KEY
 from nnunet_kd.safe_io import read_json_object
+from nnunet_kd.subsets.modalities import RECORD_KEY
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nnunet_kd.brats import MODALITIES
 from nnunet_kd.evaluation.evaluate import atomic_write_text
-from nnunet_kd.subsets import subset_name
+from nnunet_kd.subsets.catalog import subset_name
 
 #: Region columns, in the order of the missing-modality papers' tables.
 TABLE_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
