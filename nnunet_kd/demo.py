@@ -29,7 +29,7 @@ from nnunet_kd.paths import environment_with_trainers
 MARKER = ".nnunet_kd_demo"
 TRAIN_ID, TEST_ID = 990, 991
 #: nnU-Net output lines worth showing while training (the rest goes to the log file).
-TRAINING_HIGHLIGHTS = ("Epoch ", "Pseudo dice", "Teacher pseudo dice", "Mean Validation Dice", "Epoch time")
+TRAINING_HIGHLIGHTS = ("Demo schedule", "Epoch ", "Pseudo dice", "Teacher pseudo dice", "Mean Validation Dice", "Epoch time")
 
 
 @dataclass

@@ -44,3 +44,26 @@ def test_demo_runs_end_to_end_with_smoke_schedule(tmp_path: Path, capsys):
     assert sorted(p.name for p in (work / "test_flair_t1ce").iterdir())[:2] == [
         "BraTS2021_00000_0001.nii.gz", "BraTS2021_00000_0003.nii.gz"]
     assert (work / "evaluation" / "nnUNetTrainerBarlowKD_smoke" / "summary.json").is_file()
+
+
+def test_demo_epochs_fit_the_budget_and_stay_within_bounds():
+    from nnunet_kd.trainers.smoke import demo_epochs
+
+    # 5 s steps, 10 + 2/3 step-equivalents and 1 s overhead per epoch = 54.3 s: 4 epochs fit 240 s, 5 do not
+    assert demo_epochs(5.0, 10, 2, 240.0, 2, 12) == 4
+    assert demo_epochs(60.0, 10, 2, 240.0, 2, 12) == 2      # a very slow machine still trains 2 epochs
+    assert demo_epochs(0.01, 10, 2, 240.0, 2, 12) == 12     # a fast one stops at the upper bound
+
+
+@pytest.mark.slow
+def test_demo_schedule_is_sized_from_a_measured_step(nnunet_env, monkeypatch):
+    trainer = nnunet_env.make_trainer("nnUNetTrainerStudentOnly_demo", monkeypatch)
+    trainer.demo_train_seconds = 1.0  # less than one epoch: the lower bound applies
+    trainer.on_train_start()
+    try:
+        assert trainer.num_epochs == trainer.demo_min_epochs == 2
+        assert trainer.lr_scheduler.max_steps == 2
+        log = Path(trainer.log_file).read_text()
+        assert "Demo schedule: one training step took" in log and "-> 2 epochs x 10 iterations" in log
+    finally:
+        trainer.on_train_end()

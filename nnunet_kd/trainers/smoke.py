@@ -33,11 +33,55 @@ class SmokeSchedule:
 
 
 class DemoSchedule(SmokeSchedule):
-    """A few minutes on a CPU: 12 epochs x 10 iterations, 2 validation iterations (tiny-CPU demo, not a benchmark)."""
+    """The CPU demo's schedule: as many 10-iteration epochs as fit a training-time budget on *this* machine.
 
-    smoke_epochs = 12
+    Machines of this kind differ up to 3x in speed, so a fixed epoch count is either too long on a slow one or
+    wasted on a fast one. Before the first epoch one real training step is timed (it also trains), the number of
+    epochs is sized so that training takes about :attr:`demo_train_seconds` (between :attr:`demo_min_epochs` and
+    ``smoke_epochs``), the learning-rate schedule is stretched to it, and after the first epoch the remaining
+    time is printed from the measured epoch. A tiny CPU run, not a benchmark.
+    """
+
+    smoke_epochs = 12  # at most
     smoke_iterations = 10
     smoke_val_iterations = 2
+    demo_train_seconds = 240.0
+    demo_min_epochs = 2
+
+    def on_train_start(self):
+        super().on_train_start()  # type: ignore[misc]
+        if self.current_epoch > 0:  # resumed (--c): keep the schedule of the interrupted run
+            return
+        import time
+
+        start = time.perf_counter()
+        self.train_step(next(self.dataloader_train))  # type: ignore[attr-defined]
+        step = time.perf_counter() - start
+        self.num_epochs = demo_epochs(step, self.smoke_iterations, self.smoke_val_iterations,
+                                      self.demo_train_seconds, self.demo_min_epochs, self.smoke_epochs)
+        self.lr_scheduler.max_steps = self.num_epochs  # type: ignore[attr-defined]
+        self.print_to_log_file(  # type: ignore[attr-defined]
+            f"Demo schedule: one training step took {step:.1f} s on this machine -> {self.num_epochs} epochs x "
+            f"{self.smoke_iterations} iterations (training budget {self.demo_train_seconds:.0f} s)")
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch  # type: ignore[attr-defined]
+        super().on_epoch_end()  # type: ignore[misc]
+        if epoch == 0 and self.num_epochs > 1:
+            logger = self.logger  # type: ignore[attr-defined]
+            took = logger.get_value("epoch_end_timestamps", step=-1) - logger.get_value("epoch_start_timestamps",
+                                                                                          step=-1)
+            left = took * (self.num_epochs - 1)
+            self.print_to_log_file(  # type: ignore[attr-defined]
+                f"Epoch time {took:.0f} s: about {int(left // 60)} min {int(left % 60)} s of training left "
+                f"({self.num_epochs - 1} epochs), then the final validation")
+
+
+def demo_epochs(step_seconds: float, iterations: int, val_iterations: int, budget_seconds: float,
+                min_epochs: int, max_epochs: int) -> int:
+    """Epochs of ``iterations`` training steps that fit ``budget_seconds``, a validation step costing 1/3 of one."""
+    per_epoch = step_seconds * (iterations + val_iterations / 3) + 1.0  # + checkpoint and progress plot
+    return max(min_epochs, min(max_epochs, int(budget_seconds // per_epoch)))
 
 
 class nnUNetTrainer_smoke(SmokeSchedule, nnUNetTrainer):
