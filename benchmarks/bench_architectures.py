@@ -2,7 +2,7 @@
 
 Every network is built by its trainer's ``build_network_architecture`` from a ``ConfigurationManager`` holding
 what nnU-Net's default planner gives a patch size at 1 mm spacing (stages, widths 32..320, kernels, strides),
-so all five networks see identical plans. A "step" is what ``nnUNetTrainer.train_step`` does: forward,
+so all networks see identical plans. A "step" is what ``nnUNetTrainer.train_step`` does: forward,
 nnU-Net's region loss (Dice + BCE, deep supervision, the trainer's weights; plus the VAE loss for the VAE
 variant), backward, gradient clipping and an SGD step. Steps of all networks are interleaved round by round so
 that load changes on a shared machine hit them alike; medians and ratios to ``nnUNetTrainer`` are reported.
@@ -32,7 +32,8 @@ TRAINERS = {
     "UNet (Isensee 2018)": "nnUNetTrainerUNet",
     "ResidualUNet (Myronenko 2018)": "nnUNetTrainerResidualUNet",
     "ResidualUNet + VAE": "nnUNetTrainerResidualUNet_VAE",
-    "CascadedUNet (Lachinov 2019)": "nnUNetTrainerCascadedUNet",
+    "CascadedUNet (Lachinov 2018)": "nnUNetTrainerCascadedUNet",
+    "ModalityEncoderUNet": "nnUNetTrainerModalityEncoderUNet",
 }
 
 
