@@ -33,8 +33,6 @@ from nnunet_kd.networks.common import GroupNorm, UNetSpec, init_weights_he, inte
 #: Myronenko's latent size (128 means + 128 log-variances) and the channels of the VAE's reduced bottleneck.
 VAE_LATENT_DIM = 128
 VAE_REDUCED_CHANNELS = 16
-
-
 #: Myronenko's spatial dropout rate after the initial convolution.
 INITIAL_DROPOUT = 0.2
 
@@ -171,8 +169,8 @@ class VAEBranch(nn.Module):
 
     The bottleneck is reduced to 16 channels by a strided conv, flattened to a 256-vector (128 means, 128
     log-variances); a sample is decoded by a dense layer, 1x1 conv and, per stage, 1x1 conv + upsampling + one
-    pre-activation residual block (no skips), ending in a 1x1 conv to the input channels. The latent grid is fixed by the planned
-    patch size; other input sizes are pooled to it, and the reconstruction always matches the input size.
+    pre-activation residual block (no skips), ending in a 1x1 conv to the input channels. The latent grid is fixed
+    by the planned patch size; other input sizes are pooled to it, and the reconstruction matches the input size.
     """
 
     def __init__(self, spec: UNetSpec, input_channels: int, latent_dim: int = VAE_LATENT_DIM,
