@@ -2,7 +2,7 @@
 
 Every network is built by its trainer's ``build_network_architecture`` from a ``ConfigurationManager`` holding
 what nnU-Net's default planner gives a patch size at 1 mm spacing (stages, widths 32..320, kernels, strides),
-so all five networks see identical plans. A "step" is what ``nnUNetTrainer.train_step`` does: forward,
+so all networks see identical plans. A "step" is what ``nnUNetTrainer.train_step`` does: forward,
 nnU-Net's region loss (Dice + BCE, deep supervision, the trainer's weights; plus the VAE loss for the VAE
 variant), backward, gradient clipping and an SGD step. Steps of all networks are interleaved round by round so
 that load changes on a shared machine hit them alike; medians and ratios to ``nnUNetTrainer`` are reported.
@@ -10,8 +10,10 @@ that load changes on a shared machine hit them alike; medians and ratios to ``nn
     python -m benchmarks.bench_architectures                       # CPU: patch 48^3, batch 2
     python -m benchmarks.bench_architectures --device cuda --patch 128 128 128 --repeats 10
 
-Parameter counts are also given for the BraTS plans of nnU-Net (patch 128^3, 6 stages), which need no
-forward pass. Nothing here asserts anything; it prints a Markdown table and can write JSON (``--json``).
+Parameter counts and the floating-point operations of one training step (forward + backward of the network,
+counted by ``torch.utils.flop_counter`` on the ``meta`` device, so without computing anything and independent of
+the machine's load) are also given for the BraTS plans of nnU-Net (patch 128^3, 6 stages, batch 2). Nothing here
+asserts anything; it prints a Markdown table and can write JSON (``--json``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ TRAINERS = {
     "UNet (Isensee 2018)": "nnUNetTrainerUNet",
     "ResidualUNet (Myronenko 2018)": "nnUNetTrainerResidualUNet",
     "ResidualUNet + VAE": "nnUNetTrainerResidualUNet_VAE",
-    "CascadedUNet (Lachinov 2019)": "nnUNetTrainerCascadedUNet",
+    "CascadedUNet (Lachinov 2018)": "nnUNetTrainerCascadedUNet",
+    "ModalityEncoderUNet": "nnUNetTrainerModalityEncoderUNet",
 }
 
 
@@ -121,6 +124,20 @@ def step_function(name: str, config, batch: int, device: torch.device) -> Callab
     return step
 
 
+def step_tflop(name: str, config, batch: int) -> float:
+    """TFLOP of one training step (network forward + backward, VAE loss included) at ``config``, on ``meta``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build(name, config).to("meta").train()
+    x = torch.empty(batch, 4, *config.patch_size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = net(x)
+        loss = sum(o.float().sum() for o in (out if isinstance(out, list) else [out]))
+        aux = net.pop_auxiliary_loss() if hasattr(net, "pop_auxiliary_loss") else None
+        (loss if aux is None else loss + aux).backward()
+    return counter.get_total_flops() / 1e12
+
+
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (platform.processor() where that is missing)."""
     try:
@@ -165,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "trainer": name,
             "params_brats_plans": count(build(name, brats)),
             "params_timed_patch": count(build(name, timed)),
+            "tflop_per_step_brats_plans": step_tflop(name, brats, args.batch),
         }
     steps = {label: step_function(name, timed, args.batch, device) for label, name in TRAINERS.items()}
     samples: dict[str, list[float]] = {label: [] for label in steps}
@@ -186,13 +204,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"device {device} ({results['gpu'] or results['cpu']}), torch threads {results['torch_threads']}; "
           f"timed patch {results['timed_patch']} batch {args.batch}, {args.repeats} rounds after {args.warmup} "
           f"warm-up")
-    print("| network | trainer | params (BraTS plans 128^3) | params (timed patch) | step median (s) | "
-          "step min (s) | x stock |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| network | trainer | params (BraTS plans 128^3) | params (timed patch) | TFLOP/step (BraTS plans) | "
+          "step median (s) | step min (s) | x stock |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, r in results["networks"].items():
         print(f"| {label} | `{r['trainer']}` | {r['params_brats_plans'] / 1e6:.2f} M | "
-              f"{r['params_timed_patch'] / 1e6:.2f} M | {r['step_s_median']:.3f} | {r['step_s_min']:.3f} | "
-              f"{r['ratio_to_stock']:.2f} |")
+              f"{r['params_timed_patch'] / 1e6:.2f} M | {r['tflop_per_step_brats_plans']:.2f} | "
+              f"{r['step_s_median']:.3f} | {r['step_s_min']:.3f} | {r['ratio_to_stock']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

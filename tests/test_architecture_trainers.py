@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import BIN, NnunetEnv
+from conftest import BIN, NnunetEnv, random_batch
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def trained(request, nnunet_env: NnunetEnv) -> tuple[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerUNet", "nnUNetTrainerResidualUNet", "nnUNetTrainerResidualUNet_VAE",
-                                  "nnUNetTrainerCascadedUNet"])
+                                  "nnUNetTrainerCascadedUNet", "nnUNetTrainerModalityEncoderUNet"])
 def test_networks_follow_the_plans_and_nnunet_deep_supervision_scales(nnunet_env: NnunetEnv, name: str):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -69,6 +69,24 @@ def test_networks_follow_the_plans_and_nnunet_deep_supervision_scales(nnunet_env
     inference.eval()
     with torch.no_grad():
         assert tuple(inference(torch.randn(1, 4, *patch)).shape) == (1, 3, *patch)
+
+
+def test_cascaded_smoke_trainer_steps_train_every_cascade_member(nnunet_env: NnunetEnv, monkeypatch):
+    """Two nnU-Net train steps (deep-supervision loss over the cascade's outputs) update all three U-Nets."""
+    from nnunet_kd.networks.cascaded_unet import CascadedUNet
+
+    trainer = nnunet_env.make_trainer("nnUNetTrainerCascadedUNet_smoke", monkeypatch)
+    trainer.initialize()
+    net = trainer.network
+    assert isinstance(net, CascadedUNet) and net.levels == 2
+    assert len(trainer._get_deep_supervision_scales()) == net.spec.n_stages - 1
+    watched = {"full": net.encoder.stem.weight, "level 1": net.coarse[0].encoder.stem.weight,
+               "level 2": net.coarse[1].encoder.stem.weight}
+    before = {k: v.detach().clone() for k, v in watched.items()}
+    losses = [float(trainer.train_step(random_batch(trainer, seed))["loss"]) for seed in (0, 1)]
+    assert all(np.isfinite(loss) for loss in losses)
+    for name, weight in watched.items():
+        assert not torch.equal(before[name], weight.detach()), f"{name} U-Net was not trained"
 
 
 def test_training_runs_through_nnunetv2_train(trained: tuple[str, Path]):

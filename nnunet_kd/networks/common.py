@@ -185,7 +185,8 @@ def network_config(norm: str, nonlin: str, dim: int) -> dict[str, Any]:
 class InterpolatingDecoder(nn.Module):
     """U-Net decoder: 1x1 conv to the skip's width, (tri)linear upsampling, merge with the skip, conv blocks.
 
-    ``merge="concat"`` concatenates the skip (Isensee et al. 2018), ``merge="add"`` adds it (Myronenko 2018).
+    ``merge="concat"`` concatenates the skip (Isensee et al. 2018, :mod:`nnunet_kd.networks.unet`),
+    ``merge="add"`` adds it.
     ``residual=True`` uses residual blocks (``StackedResidualBlocks``), otherwise plain conv blocks
     (``StackedConvBlocks``). Every stage has a 1x1 segmentation head so that a checkpoint trained with deep
     supervision loads into the inference network; ``deep_supervision`` decides what ``forward`` returns.

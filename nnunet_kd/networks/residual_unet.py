@@ -1,11 +1,17 @@
-"""Residual U-Net after Myronenko 2018 ("3D MRI brain tumor segmentation using autoencoder regularization").
+"""Residual U-Net after Myronenko 2018 ("3D MRI brain tumor segmentation using autoencoder regularization",
+arXiv:1810.11654, Table 1), with widths, kernels, strides and depth from the nnU-Net plans.
 
-* Encoder-heavy: residual blocks (``dynamic_network_architectures`` ``ResidualEncoder``/``BasicBlockD``) with
-  GroupNorm (8 groups) and ReLU; 1, 2, ..., 2, 4 blocks per stage (:func:`myronenko_blocks`), strided-conv
-  downsampling, widths/kernels/strides from the nnU-Net plans.
-* Light decoder: one residual block per stage; 1x1 conv, trilinear upsampling and *addition* of the encoder skip
-  (:class:`~nnunet_kd.networks.common.InterpolatingDecoder` with ``merge="add"``); deep-supervision heads on every
-  stage as nnU-Net expects.
+* Encoder (:class:`MyronenkoEncoder`): an initial 3x3x3 convolution to ``features_per_stage[0]`` (32 in nnU-Net's
+  plans, as in the paper) followed by spatial dropout (``Dropout3d``, rate 0.2); every stage is a stack of
+  *pre-activation* residual blocks (:class:`PreActResidualBlock`: GroupNorm(8)-ReLU-conv, twice, plus the
+  identity), 1, 2, ..., 2, 4 blocks per stage (:func:`myronenko_blocks`); between stages a separate strided 3x3x3
+  convolution halves the resolution and doubles the filters (the plans' stride and width).
+* Decoder (:class:`MyronenkoDecoder`): per stage a 1x1x1 convolution to the skip's width, (tri)linear upsampling,
+  *addition* of the encoder skip and one pre-activation block; a 1x1x1 convolution gives the logits. Every decoder
+  stage has such a head so that nnU-Net's deep supervision gets one output per stage (highest resolution first);
+  ``decoder.deep_supervision`` (what ``nnUNetTrainer.set_deep_supervision_enabled`` toggles) decides whether
+  ``forward`` returns the list or only the full-resolution logits. The paper has no deep supervision; nnU-Net's
+  trainer uses it for every network, and the extra heads are 1x1 convolutions.
 * Optional VAE branch (:class:`VAEBranch`) on the bottleneck that reconstructs the input image as a regulariser.
   It runs only in training mode; its weighted loss ``l2_weight * L2 + kl_weight * KL`` is left on the module
   and taken (once) with :meth:`ResidualUNet.pop_auxiliary_loss`. Inference (``model.eval()``, nnU-Net's predictor)
@@ -19,23 +25,117 @@ import math
 from collections.abc import Sequence
 
 import torch
-from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_kd.networks.common import (
-    GroupNorm,
-    InterpolatingDecoder,
-    UNetSpec,
-    init_weights_he,
-    interpolation_mode,
-    network_config,
-)
+from nnunet_kd.networks.common import GroupNorm, UNetSpec, init_weights_he, interpolation_mode
 
 #: Myronenko's latent size (128 means + 128 log-variances) and the channels of the VAE's reduced bottleneck.
 VAE_LATENT_DIM = 128
 VAE_REDUCED_CHANNELS = 16
+#: Myronenko's spatial dropout rate after the initial convolution.
+INITIAL_DROPOUT = 0.2
+
+
+def _padding(kernel_size: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(k) // 2 for k in kernel_size)
+
+
+def _dropout_op(dim: int) -> type[nn.Module]:
+    return {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}[dim]
+
+
+class PreActResidualBlock(nn.Module):
+    """Myronenko's ResNet block: ``x + conv(relu(norm(conv(relu(norm(x))))))`` with GroupNorm(8), same width.
+
+    Pre-activation order (He et al. 2016): normalisation and ReLU come *before* each convolution, and the sum is
+    not followed by any activation.
+    """
+
+    def __init__(self, conv_op: type[nn.Module], channels: int, kernel_size: Sequence[int]) -> None:
+        super().__init__()
+        pad = _padding(kernel_size)
+        self.norm1 = GroupNorm(channels)
+        self.nonlin1 = nn.ReLU(inplace=False)
+        self.conv1 = conv_op(channels, channels, tuple(kernel_size), 1, pad, bias=False)
+        self.norm2 = GroupNorm(channels)
+        self.nonlin2 = nn.ReLU(inplace=True)
+        self.conv2 = conv_op(channels, channels, tuple(kernel_size), 1, pad, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.nonlin1(self.norm1(x)))
+        h = self.conv2(self.nonlin2(self.norm2(h)))
+        return x + h
+
+
+class MyronenkoEncoder(nn.Module):
+    """Initial conv + spatial dropout, then per stage (strided conv if not the first) and pre-activation blocks.
+
+    ``forward`` returns every stage's output (the skips, bottleneck last). ``stem`` applies ``strides[0]``
+    (all ones in nnU-Net's plans); ``downsamples[s - 1]`` is the separate strided convolution into stage ``s``.
+    """
+
+    def __init__(self, spec: UNetSpec, input_channels: int, blocks_per_stage: Sequence[int],
+                 dropout: float = INITIAL_DROPOUT) -> None:
+        super().__init__()
+        conv_op = spec.conv_op
+        feats = spec.features_per_stage
+        self.stem = conv_op(input_channels, feats[0], spec.kernel_sizes[0], spec.strides[0],
+                            _padding(spec.kernel_sizes[0]), bias=False)
+        self.dropout = _dropout_op(spec.dim)(dropout)
+        self.downsamples = nn.ModuleList([
+            conv_op(feats[s - 1], feats[s], spec.kernel_sizes[s], spec.strides[s], _padding(spec.kernel_sizes[s]),
+                    bias=False)
+            for s in range(1, spec.n_stages)
+        ])
+        self.stages = nn.ModuleList([
+            nn.Sequential(*[PreActResidualBlock(conv_op, feats[s], spec.kernel_sizes[s]) for _ in range(n)])
+            for s, n in enumerate(blocks_per_stage)
+        ])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stages[0](self.dropout(self.stem(x)))
+        skips = [x]
+        for down, stage in zip(self.downsamples, self.stages[1:]):
+            x = stage(down(x))
+            skips.append(x)
+        return skips
+
+
+class MyronenkoDecoder(nn.Module):
+    """Per stage: 1x1 conv to the skip's width, linear upsampling, add the skip, one pre-activation block.
+
+    ``seg_layers[s]`` is the 1x1 conv to the logits after decoder stage ``s`` (``s = 0`` next to the bottleneck);
+    the last one is the network's output, the others serve deep supervision.
+    """
+
+    def __init__(self, spec: UNetSpec, num_classes: int, deep_supervision: bool) -> None:
+        super().__init__()
+        conv_op = spec.conv_op
+        feats = spec.features_per_stage
+        self.deep_supervision = deep_supervision
+        self.mode = interpolation_mode(spec.dim)
+        self.reduce = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        self.seg_layers = nn.ModuleList()
+        for s in range(1, spec.n_stages):
+            below, skip = feats[-s], feats[-(s + 1)]
+            self.reduce.append(conv_op(below, skip, 1, 1, 0, bias=False))
+            self.stages.append(PreActResidualBlock(conv_op, skip, spec.kernel_sizes[-(s + 1)]))
+            self.seg_layers.append(conv_op(skip, num_classes, 1, 1, 0, bias=True))
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        x = skips[-1]
+        outputs = []
+        last = len(self.stages) - 1
+        for s, (reduce, stage) in enumerate(zip(self.reduce, self.stages)):
+            skip = skips[-(s + 2)]
+            x = F.interpolate(reduce(x), size=tuple(skip.shape[2:]), mode=self.mode, align_corners=False)
+            x = stage(x + skip)
+            if self.deep_supervision or s == last:
+                outputs.append(self.seg_layers[s](x))
+        outputs = outputs[::-1]
+        return outputs if self.deep_supervision else outputs[0]
 
 
 def myronenko_blocks(n_stages: int) -> tuple[int, ...]:
@@ -69,15 +169,14 @@ class VAEBranch(nn.Module):
 
     The bottleneck is reduced to 16 channels by a strided conv, flattened to a 256-vector (128 means, 128
     log-variances); a sample is decoded by a dense layer, 1x1 conv and, per stage, 1x1 conv + upsampling + one
-    residual block (no skips), ending in a 1x1 conv to the input channels. The latent grid is fixed by the planned
-    patch size; other input sizes are pooled to it, and the reconstruction always matches the input size.
+    pre-activation residual block (no skips), ending in a 1x1 conv to the input channels. The latent grid is fixed
+    by the planned patch size; other input sizes are pooled to it, and the reconstruction matches the input size.
     """
 
     def __init__(self, spec: UNetSpec, input_channels: int, latent_dim: int = VAE_LATENT_DIM,
                  reduced_channels: int = VAE_REDUCED_CHANNELS) -> None:
         super().__init__()
         conv_op = spec.conv_op
-        cfg = network_config("group", "relu", spec.dim)
         feats = spec.features_per_stage
         bottleneck_size = spec.stage_sizes()[-1]
         down = tuple(2 if s >= 2 else 1 for s in bottleneck_size)
@@ -96,8 +195,7 @@ class VAEBranch(nn.Module):
         for s in range(1, spec.n_stages):
             below, above = feats[-s], feats[-(s + 1)]
             self.up_convs.append(conv_op(below, above, 1))
-            self.up_blocks.append(StackedResidualBlocks(1, conv_op, above, above, spec.kernel_sizes[-(s + 1)], 1,
-                                                        **cfg))
+            self.up_blocks.append(PreActResidualBlock(conv_op, above, spec.kernel_sizes[-(s + 1)]))
         self.out = conv_op(feats[0], input_channels, 1)
 
     def forward(self, bottleneck: torch.Tensor, stage_sizes: Sequence[Sequence[int]]
@@ -118,7 +216,7 @@ class VAEBranch(nn.Module):
 
 
 class ResidualUNet(nn.Module):
-    """Myronenko-style residual U-Net (GroupNorm, ReLU, encoder-heavy), optionally with the VAE regulariser.
+    """Myronenko's residual U-Net (GroupNorm, ReLU, pre-activation blocks, encoder-heavy), optionally with the VAE.
 
     ``forward`` returns the segmentation logits like nnU-Net's networks (a list highest resolution first with
     deep supervision, else a tensor). In training mode with ``vae=True`` it also computes the VAE loss of this batch;
@@ -127,21 +225,14 @@ class ResidualUNet(nn.Module):
 
     def __init__(self, spec: UNetSpec, input_channels: int, num_classes: int, deep_supervision: bool = True,
                  vae: bool = False, vae_l2_weight: float = 0.1, vae_kl_weight: float = 0.1,
-                 encoder_blocks: Sequence[int] | None = None) -> None:
+                 encoder_blocks: Sequence[int] | None = None, dropout: float = INITIAL_DROPOUT) -> None:
         super().__init__()
         self.spec = spec
-        cfg = network_config("group", "relu", spec.dim)
         blocks = tuple(encoder_blocks) if encoder_blocks is not None else myronenko_blocks(spec.n_stages)
         if len(blocks) != spec.n_stages:
             raise ValueError(f"encoder_blocks needs {spec.n_stages} entries, got {len(blocks)}")
-        self.encoder = ResidualEncoder(
-            input_channels, spec.n_stages, list(spec.features_per_stage), spec.conv_op,
-            [list(k) for k in spec.kernel_sizes], [list(s) for s in spec.strides], list(blocks), conv_bias=False,
-            dropout_op=None, dropout_op_kwargs=None, return_skips=True, stem_channels=spec.features_per_stage[0],
-            **cfg)
-        self.decoder = InterpolatingDecoder(
-            spec, spec.features_per_stage, num_classes, (1,) * (spec.n_stages - 1), merge="add", residual=True,
-            deep_supervision=deep_supervision, conv_bias=False, **cfg)
+        self.encoder = MyronenkoEncoder(spec, input_channels, blocks, dropout)
+        self.decoder = MyronenkoDecoder(spec, num_classes, deep_supervision)
         self.vae = VAEBranch(spec, input_channels) if vae else None
         self.vae_l2_weight = float(vae_l2_weight)
         self.vae_kl_weight = float(vae_kl_weight)

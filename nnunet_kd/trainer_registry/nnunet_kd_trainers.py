@@ -13,6 +13,8 @@ from nnunet_kd.trainers.any_subset import (  # noqa: F401
 from nnunet_kd.trainers.architectures import (  # noqa: F401
     nnUNetTrainerCascadedUNet,
     nnUNetTrainerCascadedUNet_smoke,
+    nnUNetTrainerModalityEncoderUNet,
+    nnUNetTrainerModalityEncoderUNet_smoke,
     nnUNetTrainerResidualUNet,
     nnUNetTrainerResidualUNet_smoke,
     nnUNetTrainerResidualUNet_VAE,

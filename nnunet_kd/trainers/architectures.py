@@ -1,5 +1,6 @@
 """The seed-001 architectures as nnU-Net trainers: ``nnUNetTrainerUNet``, ``nnUNetTrainerResidualUNet``
-(``_VAE`` adds Myronenko's VAE regulariser) and ``nnUNetTrainerCascadedUNet``.
+(``_VAE`` adds Myronenko's VAE regulariser) and ``nnUNetTrainerCascadedUNet`` (Lachinov's multi-scale cascade),
+plus ``nnUNetTrainerModalityEncoderUNet`` (per-modality encoders, shared decoder; not a seed model).
 
 Each trainer is stock ``nnUNetTrainer`` (data loading, augmentation, region-based Dice + BCE on WT/TC/ET from
 dataset.json, deep supervision, poly-LR SGD) with only ``build_network_architecture`` overridden; the network
@@ -25,6 +26,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_kd.networks.cascaded_unet import CascadedUNet
 from nnunet_kd.networks.common import UNetSpec
+from nnunet_kd.networks.modality_encoder_unet import ModalityEncoderUNet
 from nnunet_kd.networks.residual_unet import ResidualUNet
 from nnunet_kd.networks.unet import IsenseeUNet
 from nnunet_kd.trainers.smoke import SmokeSchedule
@@ -81,7 +83,8 @@ class nnUNetTrainerUNet(nnUNetTrainer):
 
 
 class nnUNetTrainerResidualUNet(nnUNetTrainer):
-    """Residual U-Net after Myronenko 2018: GroupNorm, ReLU, encoder-heavy residual blocks.
+    """Residual U-Net after Myronenko 2018: initial conv + spatial dropout 0.2, pre-activation residual blocks
+    (GroupNorm(8), ReLU) 1, 2, ..., 2, 4 per encoder stage, strided-conv downsampling, one block per decoder stage.
 
     ``use_vae`` (class attribute; True in :class:`nnUNetTrainerResidualUNet_VAE`) adds the VAE branch that
     reconstructs the input from the bottleneck, weighted ``vae_l2_weight`` and ``vae_kl_weight`` (0.1 each, as
@@ -125,7 +128,8 @@ class nnUNetTrainerResidualUNet_VAE(nnUNetTrainerResidualUNet):
 
 
 class nnUNetTrainerCascadedUNet(nnUNetTrainer):
-    """Cascaded U-Net after Lachinov et al. 2019: one residual encoder per modality, shared residual decoder."""
+    """Cascaded U-Net after Lachinov et al. 2018: U-Nets on the patch downscaled to stage-1 and stage-2
+    resolution feed their outputs into the full-resolution U-Net; each member fills one deep-supervision slot."""
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -133,6 +137,17 @@ class nnUNetTrainerCascadedUNet(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         spec = UNetSpec.from_configuration(configuration_manager)
         return CascadedUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
+
+
+class nnUNetTrainerModalityEncoderUNet(nnUNetTrainer):
+    """One residual encoder per modality, fused per stage into one shared residual decoder (InstanceNorm, ReLU)."""
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        spec = UNetSpec.from_configuration(configuration_manager)
+        return ModalityEncoderUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
 
 
 class nnUNetTrainerUNet_smoke(SmokeSchedule, nnUNetTrainerUNet):
@@ -149,3 +164,7 @@ class nnUNetTrainerResidualUNet_VAE_smoke(SmokeSchedule, nnUNetTrainerResidualUN
 
 class nnUNetTrainerCascadedUNet_smoke(SmokeSchedule, nnUNetTrainerCascadedUNet):
     """nnUNetTrainerCascadedUNet with the smoke schedule (tests, CPU demos)."""
+
+
+class nnUNetTrainerModalityEncoderUNet_smoke(SmokeSchedule, nnUNetTrainerModalityEncoderUNet):
+    """nnUNetTrainerModalityEncoderUNet with the smoke schedule (tests, CPU demos)."""
