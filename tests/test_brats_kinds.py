@@ -178,3 +178,41 @@ def test_synthetic_release_namings_and_cavity(tmp_path):
     labels = read(out / "labelsTr" / f"{cid}.nii.gz")
     np.testing.assert_array_equal(labels == 4, seg == 4)
     assert all((labels == v).any() for v in (1, 2, 3, 4))  # the tumour is intact next to the cavity
+
+
+@pytest.mark.slow
+def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_path):
+    """synth 2024-gli -> convert-brats -> nnUNetv2_plan_and_preprocess -> KD _smoke training -> predict -> evaluate."""
+    from conftest import BIN, nnunet_subprocess_env
+    from nnunet_kd.synthetic import write_brats_folder
+
+    raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
+    for p in (raw, pre, res):
+        p.mkdir()
+    env = nnunet_subprocess_env(raw, pre, res)
+    source = tmp_path / "BraTS2024_synthetic"
+    write_brats_folder(source, 5, layout="2024-gli", seed=4, shape=(32, 32, 32), progress=False)
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    run(sys.executable, "-m", "nnunet_kd.cli", "convert-brats", str(source), "-d", "524", "-n", "Post")
+    dataset = raw / "Dataset524_Post"
+    assert json.loads((dataset / "dataset.json").read_text())["brats_kind"] == "GLI-POST"
+    run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "524", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+        "--verify_dataset_integrity")
+    trainer = "nnUNetTrainerBarlowKD_smoke"
+    run(str(BIN / "nnUNetv2_train"), "524", "3d_fullres", "0", "-tr", trainer, "-device", "cpu")
+    model = res / "Dataset524_Post" / f"{trainer}__nnUNetPlans__3d_fullres"
+    pred = tmp_path / "pred"
+    run(str(BIN / "nnUNetv2_predict"), "-i", str(dataset / "imagesTr"), "-o", str(pred), "-d", "524",
+        "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+        "--disable_tta")
+    out = run(sys.executable, "-m", "nnunet_kd.cli", "evaluate", str(pred), str(dataset / "labelsTr"),
+              "-o", str(tmp_path / "eval"), "-np", "1", "--no-progress")
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["dataset_kind"] == "GLI-POST" and "RC" in summary["metrics"], out.stdout
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    assert json.loads((pred / "dataset.json").read_text())["labels"]["resection_cavity"] == 4
