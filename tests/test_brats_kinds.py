@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,10 +192,11 @@ def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_p
         p.mkdir()
     env = nnunet_subprocess_env(raw, pre, res)
     source = tmp_path / "BraTS2024_synthetic"
+    start = time.perf_counter()
     write_brats_folder(source, 5, layout="2024-gli", seed=4, shape=(32, 32, 32), progress=False)
 
-    def run(*cmd: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=900)
+    def run(*cmd: str, **extra_env: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(cmd), env={**env, **extra_env}, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
@@ -202,7 +204,7 @@ def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_p
     dataset = raw / "Dataset524_Post"
     assert json.loads((dataset / "dataset.json").read_text())["brats_kind"] == "GLI-POST"
     run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "524", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-        "--verify_dataset_integrity")
+        "--verify_dataset_integrity", nnUNet_n_proc_DA="1")  # the planner calls torch.set_num_threads(n_proc_DA)
     trainer = "nnUNetTrainerBarlowKD_smoke"
     run(str(BIN / "nnUNetv2_train"), "524", "3d_fullres", "0", "-tr", trainer, "-device", "cpu")
     model = res / "Dataset524_Post" / f"{trainer}__nnUNetPlans__3d_fullres"
@@ -216,3 +218,4 @@ def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_p
     assert summary["dataset_kind"] == "GLI-POST" and "RC" in summary["metrics"], out.stdout
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     assert json.loads((pred / "dataset.json").read_text())["labels"]["resection_cavity"] == 4
+    print(f"post-treatment end-to-end: {time.perf_counter() - start:.0f} s")
