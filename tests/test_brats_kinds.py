@@ -208,8 +208,10 @@ def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_p
     trainer = "nnUNetTrainerBarlowKD_smoke"
     run(str(BIN / "nnUNetv2_train"), "524", "3d_fullres", "0", "-tr", trainer, "-device", "cpu")
     model = res / "Dataset524_Post" / f"{trainer}__nnUNetPlans__3d_fullres"
-    pred = tmp_path / "pred"
-    run(str(BIN / "nnUNetv2_predict"), "-i", str(dataset / "imagesTr"), "-o", str(pred), "-d", "524",
+    pred, student_inputs = tmp_path / "pred", tmp_path / "student_inputs"
+    run(sys.executable, "-m", "nnunet_kd.cli", "select-modalities", str(dataset / "imagesTr"), str(student_inputs),
+        "--keep", "T1ce,FLAIR")  # the KD student's own channels
+    run(str(BIN / "nnUNetv2_predict"), "-i", str(student_inputs), "-o", str(pred), "-d", "524",
         "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
         "--disable_tta")
     out = run(sys.executable, "-m", "nnunet_kd.cli", "evaluate", str(pred), str(dataset / "labelsTr"),
