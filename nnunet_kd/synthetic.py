@@ -6,7 +6,8 @@ grey and white matter leave inside the brain mask. Each case is the template und
 affine + elastic deformation, with a glioma-like tumour painted into the white matter of one hemisphere:
 
 * a necrotic core (canonical label 2) inside an enhancing rim (label 3),
-* peritumoural edema (label 1) spreading preferentially along white matter, sparing CSF.
+* peritumoural edema (label 1) spreading preferentially along white matter, sparing CSF,
+* optionally (post-treatment layout ``2024-gli``) a fluid-filled resection cavity (label 4) next to the tumour.
 
 Intensities follow one table of typical MRI contrasts (:data:`CONTRAST`), with partial volume at tissue
 borders, tissue texture, a smooth multiplicative bias field, Rician noise and a per-case global gain; outside
@@ -15,7 +16,8 @@ the brain the images are zero, as in skull-stripped BraTS releases.
 Public functions:
 
 * :func:`make_case` — one :class:`SyntheticCase` (canonical labels), deterministic in ``(seed, shape)``;
-* :func:`write_brats_folder` — a folder laid out like a BraTS release (2021 or 2023 names and labels);
+* :func:`write_brats_folder` — a folder laid out like a BraTS release (the names and labels of 2021, 2023 GLI,
+  SSA, MEN, MET, PED or 2024 post-treatment GLI, :data:`RELEASE_LAYOUTS`);
 * :func:`case_seed`, :func:`case_id` — how :func:`write_brats_folder` numbers and seeds its cases.
 """
 
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nnunet_kd.brats import EDEMA, ENHANCING, MODALITIES, NECROSIS, get_convention
+from nnunet_kd.brats import EDEMA, ENHANCING, MODALITIES, NECROSIS, RESECTION_CAVITY, get_convention
 from nnunet_kd.errors import NnunetKDError
 
 #: Template files inside ``nilearn/datasets/data/`` (MNI152 2009a symmetric, 1 mm, skull-stripped).
@@ -72,18 +74,22 @@ class ReleaseLayout:
     case_pattern: str  # format string with {index}
     separator: str  # between case id and file suffix
     suffixes: dict[str, str]  # canonical modality -> file suffix
+    resection_cavity: bool = False  # labelled cases get a resection cavity (label 4)
 
     def file_name(self, case: str, suffix: str) -> str:
         """``<case><separator><suffix>.nii.gz``, e.g. ``BraTS2021_00000_t1ce.nii.gz``."""
         return f"{case}{self.separator}{suffix}.nii.gz"
 
 
-#: Layouts :func:`write_brats_folder` can write.
+_SUFFIXES_2023 = {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f"}
+#: Layouts :func:`write_brats_folder` can write (keys are also ``convert-brats`` layouts and label conventions).
 RELEASE_LAYOUTS: dict[str, ReleaseLayout] = {
     "2021": ReleaseLayout("2021", "BraTS2021_{index:05d}", "_",
                           {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair"}),
-    "2023": ReleaseLayout("2023", "BraTS-GLI-{index:05d}-000", "-",
-                          {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f"}),
+    "2023": ReleaseLayout("2023", "BraTS-GLI-{index:05d}-000", "-", _SUFFIXES_2023),
+    **{f"2023-{c.lower()}": ReleaseLayout(f"2023-{c.lower()}", f"BraTS-{c}-{{index:05d}}-000", "-", _SUFFIXES_2023)
+       for c in ("SSA", "MEN", "MET", "PED")},
+    "2024-gli": ReleaseLayout("2024-gli", "BraTS-GLI-{index:05d}-100", "-", _SUFFIXES_2023, resection_cavity=True),
 }
 
 
@@ -92,7 +98,7 @@ class SyntheticCase:
     """One synthetic multi-modal case on a grid of shape (X, Y, Z)."""
 
     images: dict[str, np.ndarray]  # keys exactly brats.MODALITIES, float32 (X, Y, Z), zero outside the brain
-    seg: np.ndarray | None  # uint8 canonical labels (0 bg, 1 edema, 2 necrosis, 3 enhancing); None if unlabeled
+    seg: np.ndarray | None  # uint8 canonical labels (0 bg, 1 edema, 2 necrosis, 3 enhancing, 4 cavity); None if unlabeled
     affine: np.ndarray  # 4x4 RAS voxel-to-world affine (mm)
     brain_mask: np.ndarray  # bool (X, Y, Z)
     #: healthy-tissue fractions "csf", "gm", "wm" (float32, summing to 1 in the brain) before the tumour is painted
@@ -278,6 +284,26 @@ def _paint_tumour(rng: np.random.Generator, brain: np.ndarray, wm: np.ndarray, c
     return seg
 
 
+def _paint_cavity(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """``seg`` with a ball-shaped resection cavity (label 4) in the brain, touching no tumour voxel but close to it."""
+    tumour = seg > 0
+    voxel = float(spacing.max())
+    radius_mm = max(rng.uniform(5.0, 9.0), 1.6 * voxel)
+    gap_mm = ndimage.distance_transform_edt(~tumour, sampling=spacing)
+    depth_mm = ndimage.distance_transform_edt(brain, sampling=spacing)
+    candidates = brain & (gap_mm > radius_mm + voxel) & (gap_mm < radius_mm + 3 * voxel) & (depth_mm > radius_mm)
+    if not candidates.any():
+        candidates = brain & ~tumour & (depth_mm >= depth_mm[brain & ~tumour].max() * 0.5)
+    options = np.argwhere(candidates)
+    centre = options[rng.integers(len(options))]
+    offsets_mm = (np.indices(seg.shape, dtype=np.float32) - centre.reshape(3, 1, 1, 1)) * spacing.reshape(3, 1, 1, 1)
+    ball = (np.linalg.norm(offsets_mm, axis=0) <= radius_mm) & brain & ~tumour
+    ball[tuple(centre)] = True
+    out = seg.copy()
+    out[ball] = RESECTION_CAVITY
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- images
 
 
@@ -315,13 +341,16 @@ def _render(rng: np.random.Generator, fractions: dict[str, np.ndarray], brain: n
     return images
 
 
-def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bool = True) -> SyntheticCase:
+def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bool = True,
+              resection_cavity: bool = False) -> SyntheticCase:
     """One synthetic BraTS-like case, deterministic in ``(seed, shape)``.
 
     The four images (keys :data:`nnunet_kd.brats.MODALITIES`) and the canonical label map share the grid
     ``shape``; the affine is RAS, its spacing (mm) is the brain's bounding box in the 1 mm template (plus 2 mm)
     divided by ``shape``, so that the brain fills the grid.
     ``labeled=False`` still paints a tumour but returns ``seg=None`` (an unlabelled case).
+    ``resection_cavity=True`` adds a fluid-filled cavity (label 4, CSF contrast) next to the tumour; cases
+    without it are the same as before for the same seed.
     """
     shape = check_shape(shape)
     anat = _anatomy(shape)
@@ -345,10 +374,13 @@ def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bo
     else:  # pragma: no cover - would be a bug in _paint_tumour
         raise RuntimeError(f"could not place a tumour with all three labels for seed {seed}, shape {shape}")
 
+    if resection_cavity:
+        seg = _paint_cavity(rng, seg, brain, anat.spacing)
     soft = {name: ndimage.gaussian_filter((seg == label).astype(np.float32), 0.5) * brain
             for name, label in (("edema", EDEMA), ("necrosis", NECROSIS), ("enhancing", ENHANCING))}
-    healthy = np.clip(1 - soft["edema"] - soft["necrosis"] - soft["enhancing"], 0, 1)
-    fractions = {"csf": csf * healthy, "gm": gm * healthy, "wm": wm * healthy, **soft}
+    cavity = ndimage.gaussian_filter((seg == RESECTION_CAVITY).astype(np.float32), 0.5) * brain
+    healthy = np.clip(1 - soft["edema"] - soft["necrosis"] - soft["enhancing"] - cavity, 0, 1)
+    fractions = {"csf": csf * healthy + cavity, "gm": gm * healthy, "wm": wm * healthy, **soft}
     images = _render(rng, fractions, brain, shape)
     tissues = {"csf": csf.astype(np.float32), "gm": gm.astype(np.float32), "wm": wm.astype(np.float32)}
     return SyntheticCase(images=images, seg=seg if labeled else None, affine=anat.affine.copy(),
@@ -402,7 +434,10 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
 
     Layout ``"2021"``: ``OUT/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`` with labels
     NCR 1, ED 2, ET 4; layout ``"2023"``: ``OUT/BraTS-GLI-XXXXX-000/BraTS-GLI-XXXXX-000-{t1n,t1c,t2w,t2f,seg}``
-    with labels NETC 1, SNFH 2, ET 3. Unlabelled cases follow the labelled ids and have no seg file. Case
+    with labels NETC 1, SNFH 2, ET 3; ``"2023-ssa"``, ``-men``, ``-met``, ``-ped`` the same with their prefix
+    (``BraTS-MEN-XXXXX-000``); ``"2024-gli"``: ``BraTS-GLI-XXXXX-100`` with a resection cavity, labels NETC 1,
+    SNFH 2, ET 3, RC 4 (``convert-brats`` recognises it as post-treatment when a folder name contains 2024, or
+    with ``--layout 2024-gli``). Unlabelled cases follow the labelled ids and have no seg file. Case
     ``i`` is ``make_case(case_seed(seed, i), shape)``. The folder is built next to ``out`` and renamed into
     place; an existing non-empty ``out`` is an error unless ``overwrite``. Returns the case ids written.
     """
@@ -433,6 +468,6 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
 
             iterator = tqdm(iterator, desc=f"synthetic BraTS {layout}", unit="case")
         for i in iterator:
-            case = make_case(case_seed(seed, i), shape, labeled=i < n_cases)
+            case = make_case(case_seed(seed, i), shape, labeled=i < n_cases, resection_cavity=spec.resection_cavity)
             _write_case(case, tmp / ids[i], ids[i], spec)
     return ids

@@ -88,6 +88,32 @@ def make_2023(root: Path, n: int = 2, unlabeled: int = 0) -> list[str]:
     return ids
 
 
+def make_2023_challenge(root: Path, challenge: str, n: int = 2) -> list[str]:
+    """``root/ASNR-MICCAI-BraTS2023-<C>-Challenge-TrainingData`` with ``BraTS-<C>-XXXXX-000`` cases (SSA, MEN, …)."""
+    release = root / f"ASNR-MICCAI-BraTS2023-{challenge}-Challenge-TrainingData"
+    ids = [f"BraTS-{challenge}-{i:05d}-000" for i in range(n)]
+    for i, cid in enumerate(ids):
+        write_folder_case(release, cid, "-", GLI_FILES, f"2023-{challenge.lower()}", i)
+    return ids
+
+
+def post_treatment_seg(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """:func:`canonical_seg` plus a resection cavity (canonical label 4) that touches no tumour voxel."""
+    seg = canonical_seg(shape)
+    seg[8:10, 7:9, 0:2] = 4
+    return seg
+
+
+def make_2024_gli(root: Path, n: int = 2, release_name: str = "BraTS2024-BraTS-GLI-TrainingData") -> list[str]:
+    """``root/<release_name>`` with post-treatment ``BraTS-GLI-XXXXX-100`` cases (labels NETC 1, SNFH 2, ET 3, RC 4)."""
+    release = root / release_name
+    ids = [f"BraTS-GLI-{i:05d}-100" for i in range(n)]
+    for i, cid in enumerate(ids):
+        write_folder_case(release, cid, "-", GLI_FILES, "2024-gli", i, labeled=False)
+        write(release / cid / f"{cid}-seg.nii.gz", get_convention("2024-gli").from_canonical_array(post_treatment_seg()))
+    return ids
+
+
 def make_2020(root: Path) -> list[str]:
     """``root/MICCAI_BraTS2020_TrainingData`` with .nii files (int16), name_mapping.csv and the misnamed case 355."""
     release = root / "MICCAI_BraTS2020_TrainingData"
@@ -146,4 +172,5 @@ BUILDERS = {
     "2021": lambda root: make_2021(root),
     "2023": lambda root: make_2023(root),
     "msd": lambda root: make_msd(root),
+    **{f"2023-{c.lower()}": (lambda root, c=c: make_2023_challenge(root, c)) for c in ("SSA", "MEN", "MET", "PED")},
 }

@@ -235,11 +235,11 @@ def test_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     real = synthetic.make_case
     calls = []
 
-    def failing(seed, shape, labeled=True):
+    def failing(seed, shape, labeled=True, **kwargs):
         calls.append(seed)
         if len(calls) == 2:
             raise RuntimeError("disk full")
-        return real(seed, shape, labeled)
+        return real(seed, shape, labeled, **kwargs)
 
     monkeypatch.setattr(synthetic, "make_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):

@@ -19,12 +19,15 @@ DESCRIPTION = (
     "OUT/summary.csv and OUT/summary.json (mean, median, std, quartiles) and prints a summary table.\n"
     "Label conventions: nnU-Net predictions use dataset137 (ED 1, NCR 2, ET 3); raw BraTS 2023 GLI labels\n"
     "use the same values with other meanings (NETC 1, SNFH 2, ET 3): pass --gt-convention 2023 for them.\n"
+    "Dataset kind (--kind): read from the brats_kind of a dataset.json in GT_DIR, its parent or PRED_DIR (as\n"
+    "convert-brats and nnUNetv2_predict write them); it sets the default --task, the default conventions\n"
+    "and the regions: GLI-POST (BraTS 2024 post-treatment) scores WT, TC, ET, NETC, SNFH and RC (label 4).\n"
     "See docs/evaluation.md for how these numbers relate to other BraTS evaluation tools."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nnunet_kd.brats import CONVENTIONS
+    from nnunet_kd.brats import CONVENTIONS, KINDS
     from nnunet_kd.evaluation.lesionwise import TASK_PARAMETERS
 
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted label maps CASE.nii.gz")
@@ -45,9 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-missing", action="store_true",
                         help="count reference cases without prediction as empty predictions (with a warning)")
     parser.add_argument("--file-ending", default=".nii.gz", help="file ending of the label maps (default .nii.gz)")
-    parser.add_argument("--task", default="GLI", choices=sorted(TASK_PARAMETERS),
-                        help="BraTS 2023 challenge whose lesion-wise dilation and volume threshold to use "
-                             "(default GLI: 3 iterations, 50 mm^3; MEN 1/50, MET 1/2, PED 3/50, SSA 3/50)")
+    parser.add_argument("--kind", default=None, type=str.upper, choices=sorted(KINDS),
+                        help="dataset kind: its regions, default conventions and --task (default: the brats_kind "
+                             "of a dataset.json in GT_DIR, its parent or PRED_DIR; else GLI)")
+    parser.add_argument("--task", default=None, choices=sorted(TASK_PARAMETERS),
+                        help="BraTS challenge whose lesion-wise dilation and volume threshold to use (default: the "
+                             "kind's; GLI: 3 iterations, 50 mm^3; MEN 1/50, MET 1/2, PED 3/50, SSA 3/50, "
+                             "GLI-POST 3/20)")
     parser.add_argument("--lesion-dilation", type=int, default=None,
                         help="lesion-wise GT dilation iterations, >= 0 (default: the --task's value)")
     parser.add_argument("--lesion-min-volume", type=float, default=None,
@@ -73,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--lesion-min-volume must be 0 or more (mm^3), got {args.lesion_min_volume}")
     if args.hd95_penalty is not None and not args.hd95_penalty >= 0:
         raise ConfigurationError(f"--hd95-penalty must be 0 or more (mm), got {args.hd95_penalty}")
-    dilation, min_volume = lesionwise.TASK_PARAMETERS[args.task]
-    default = args.convention or "dataset137"
+    kind = resolve_kind(args)
+    dilation, min_volume = lesionwise.TASK_PARAMETERS[args.task or kind.task]
+    default = args.convention or kind.canonical_convention
     settings = evaluate.EvaluationSettings(
+        kind=kind.name,
         pred_convention=args.pred_convention or default,
         gt_convention=args.gt_convention or default,
         hd95_penalty=evaluate.EvaluationSettings.hd95_penalty if args.hd95_penalty is None else args.hd95_penalty,
@@ -96,3 +105,30 @@ def run(args: argparse.Namespace) -> int:
     print(evaluate.format_summary_table(summary))
     print(f"wrote {out / evaluate.PER_CASE_CSV}, {out / evaluate.SUMMARY_CSV}, {out / evaluate.SUMMARY_JSON}")
     return 0
+
+
+def resolve_kind(args: argparse.Namespace):
+    """The dataset kind to score: ``--kind``; else the ``brats_kind`` of the dataset.json files in GT_DIR, its
+    parent and PRED_DIR (they must agree); else the kind of an explicit label convention (``2024-gli`` means
+    GLI-POST); else GLI."""
+    from nnunet_kd import brats
+    from nnunet_kd.errors import ConfigurationError
+    from nnunet_kd.safe_io import read_json_object
+
+    if args.kind is not None:
+        return brats.get_kind(args.kind)
+    found: dict[str, Path] = {}
+    for path in (args.gt_dir / "dataset.json", args.gt_dir.parent / "dataset.json", args.pred_dir / "dataset.json"):
+        if path.is_file():
+            kind = brats.kind_of_dataset_json(read_json_object(path, "dataset.json"))
+            if kind is not None:
+                found.setdefault(kind.name, path)
+    if len(found) > 1:
+        listing = ", ".join(f"{k} ({p})" for k, p in found.items())
+        raise ConfigurationError(f"the dataset.json files name different dataset kinds: {listing}; pass --kind")
+    if found:
+        return brats.get_kind(next(iter(found)))
+    for name in (args.convention, args.gt_convention, args.pred_convention):
+        if name is not None and brats.get_convention(name).kind != "GLI":
+            return brats.get_kind(brats.get_convention(name).kind)
+    return brats.get_kind("GLI")

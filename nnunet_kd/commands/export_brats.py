@@ -8,7 +8,8 @@ NAME = "export-brats"
 HELP = "map predicted labels (ED 1, NCR 2, ET 3) back to a BraTS release's convention for submission"
 DESCRIPTION = (
     "Reads every .nii.gz in PRED_DIR (e.g. nnUNetv2_predict's output) and writes it under the same name into\n"
-    "OUT with the labels of the chosen release: 2018-2021 NCR 1, ED 2, ET 4; 2023 NETC 1, SNFH 2, ET 3;\n"
+    "OUT with the labels of the chosen release: 2018-2021 NCR 1, ED 2, ET 4; 2023 (and 2023-ssa/-men/-met/-ped)\n"
+    "NETC 1, SNFH 2, ET 3; 2024-gli NETC 1, SNFH 2, ET 3, RC 4 (predictions of a post-treatment dataset);\n"
     "msd edema 1, non-enhancing 2, enhancing 3. Geometry is kept. OUT must not exist or be empty;\n"
     "it is written only if every file converts."
 )
@@ -19,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predictions in the Dataset137 convention")
     parser.add_argument("out", metavar="OUT", help="output folder (created)")
-    parser.add_argument("--convention", required=True, choices=[c for c in CONVENTIONS if c != "dataset137"],
-                        help="target release convention (2021, 2023, msd; 2018-2020 equal 2021)")
+    parser.add_argument("--convention", required=True, choices=[c for c in CONVENTIONS if not c.startswith("dataset137")],
+                        help="target release convention (2021, 2023, 2024-gli, msd …; 2018-2020 equal 2021)")
     parser.add_argument("--num-processes", type=int, default=1, metavar="N",
                         help="worker processes (default: 1)")
 

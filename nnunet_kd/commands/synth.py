@@ -11,10 +11,17 @@ DESCRIPTION = (
     "  --layout 2021: OUT/BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz (labels NCR 1, ED 2, ET 4)\n"
     "  --layout 2023: OUT/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz "
     "(NETC 1, SNFH 2, ET 3)\n"
+    "  --layout 2023-ssa / 2023-men / 2023-met / 2023-ped: as 2023 with BraTS-SSA-/MEN-/MET-/PED- case ids\n"
+    "  --layout 2024-gli: BraTS-GLI-00000-100 post-treatment cases with a resection cavity (NETC 1, SNFH 2,\n"
+    "    ET 3, RC 4); convert-brats recognises them when a folder name contains 2024 (or --layout 2024-gli)\n"
     "Anatomy is the MNI152 2009a template shipped with nilearn; each case adds a random deformation and a\n"
     "tumour (necrotic core, enhancing rim, edema along white matter). Deterministic for a given --seed.\n"
     "Example:  nnunet-kd synth /tmp/brats_synth --cases 8 --unlabeled 2 --shape 64"
 )
+
+
+#: ``nnunet_kd.synthetic.RELEASE_LAYOUTS`` (not imported here: building the parser stays light; a test checks they agree).
+LAYOUTS: tuple[str, ...] = ("2021", "2023", "2023-ssa", "2023-men", "2023-met", "2023-ped", "2024-gli")
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -34,7 +41,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--cases", type=int, required=True, metavar="N", help="number of labelled cases")
-    parser.add_argument("--layout", choices=("2021", "2023"), default="2021",
+    parser.add_argument("--layout", choices=LAYOUTS, default="2021",
                         help="BraTS release naming and label convention (default: 2021)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the whole folder (default: 0)")
     parser.add_argument("--shape", type=parse_shape, default=(64, 64, 64), metavar="X[,Y,Z]",

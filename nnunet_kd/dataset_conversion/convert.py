@@ -7,8 +7,10 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
 * ``imagesTr/CASE_0000..0003.nii.gz`` = T1, T1ce, T2, FLAIR of each case with a segmentation,
   ``imagesTs/`` the same for cases without one;
 * ``labelsTr/CASE.nii.gz``: uint8 labels background 0, edema 1, necrosis 2, enhancing 3;
-* ``dataset.json`` from :func:`nnunet_kd.brats.make_dataset_json` (WT/TC/ET regions), plus ``source_layout``,
-  ``source_label_convention`` and ``numTest`` (nnU-Net ignores extra keys).
+* ``labelsTr/CASE.nii.gz`` of post-treatment data (``2024-gli``) also hold the resection cavity 4;
+* ``dataset.json`` from :func:`nnunet_kd.brats.make_dataset_json` (the regions of the release's dataset kind:
+  WT/TC/ET, plus RC for ``2024-gli``; ``brats_kind``), plus ``source_layout``, ``source_label_convention`` and
+  ``numTest`` (nnU-Net ignores extra keys).
 
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
 and direction across modalities and segmentation, only the release's label values. Images keep their
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_kd.brats import MODALITIES, channel_suffix, get_convention, make_dataset_json
+from nnunet_kd.brats import MODALITIES, RESECTION_CAVITY, channel_suffix, get_convention, make_dataset_json
 from nnunet_kd.dataset_conversion._io import (
     geometry_mismatch,
     one_line,
@@ -100,7 +102,8 @@ def convert_brats(src: str | Path, dataset_id: int, name: str = "BraTS", layout:
         if n_train == len(cases):
             (tmp / "imagesTs").rmdir()
         meta = make_dataset_json(n_train, name, FILE_ENDING,
-                                 description=f"BraTS {source_layout} converted by nnunet-kd (Dataset137 convention)")
+                                 description=f"BraTS {source_layout} converted by nnunet-kd (Dataset137 convention)",
+                                 kind=get_convention(source_layout).kind)
         meta["numTest"] = len(cases) - n_train
         meta["source_layout"] = source_layout
         meta["source_label_convention"] = get_convention(source_layout).description
@@ -186,7 +189,10 @@ def _write_seg(case: BratsCase, seg_path: Path, reference: sitk.Image, dst: Path
     try:
         labels = get_convention(case.convention).to_canonical_array(array)
     except ValueError as e:
-        raise InputDataError(f"case {case.case_id}: segmentation file {seg_path}: {e}") from None
+        hint = ""
+        if case.convention == "2023" and (array == RESECTION_CAVITY).any():
+            hint = "; label 4 is the resection cavity of BraTS 2024 post-treatment data: pass --layout 2024-gli"
+        raise InputDataError(f"case {case.case_id}: segmentation file {seg_path}: {e}{hint}") from None
     out = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
     out.CopyInformation(seg)
     write_image(out, dst)

@@ -19,6 +19,15 @@ Recognised layouts (file names are matched case-sensitively; ``.nii`` is accepte
 ``2023``
     BraTS 2023 glioma (GLI): case folders ``BraTS-GLI-XXXXX-XXX`` with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
     Labels NETC 1, SNFH 2, ET 3.
+``2023-ssa``, ``2023-men``, ``2023-met``, ``2023-ped``
+    The other BraTS 2023 challenges, named like GLI with their own prefix: ``BraTS-SSA-XXXXX-XXX``,
+    ``BraTS-MEN-…``, ``BraTS-MET-…``, ``BraTS-PED-…`` (same file suffixes and labels NETC 1, SNFH 2, ET 3).
+``2024-gli``
+    BraTS 2024 post-treatment glioma: named exactly like GLI 2023, labels NETC 1, SNFH 2, ET 3 and resection
+    cavity RC 4. Rule telling it from GLI 2023 (names cannot): going up from each release folder to ``SRC``'s
+    parent, the first folder name containing ``2024`` or ``2023`` decides (the official archive is
+    ``BraTS2024-BraTS-GLI-TrainingData/training_data1_v2``); no year found means 2023. A GLI 2023 conversion
+    meeting label 4 stops with a hint to pass ``--layout 2024-gli``.
 ``msd``
     Medical Segmentation Decathlon Task01_BrainTumour: ``imagesTr/BRATS_XXX.nii.gz`` (one 4D file per case),
     ``labelsTr/BRATS_XXX.nii.gz`` (edema 1, non-enhancing 2, enhancing 3) and ``imagesTs/`` without labels.
@@ -47,10 +56,12 @@ from nnunet_kd.errors import InputDataError, NnunetKDError
 from nnunet_kd.safe_io import read_json_object
 
 #: Layout names accepted by :func:`list_cases` (besides ``"auto"``), each also a key of ``brats.CONVENTIONS``.
-LAYOUTS: tuple[str, ...] = ("2018", "2019", "2020", "2021", "2023", "msd")
+LAYOUTS: tuple[str, ...] = ("2018", "2019", "2020", "2021", "2023", "2023-ssa", "2023-men", "2023-met", "2023-ped",
+                             "2024-gli", "msd")
 
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
+_SUFFIXES_2023 = {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f", "seg": "seg"}
 #: Per case-folder layout: regex of a case folder name, separator and file suffix of each modality and seg.
 _FOLDER_LAYOUTS: dict[str, tuple[re.Pattern[str], str, dict[str, str]]] = {
     "legacy": (re.compile(r"(?i)brats(18|19)_.+"), "_",
@@ -59,8 +70,9 @@ _FOLDER_LAYOUTS: dict[str, tuple[re.Pattern[str], str, dict[str, str]]] = {
              {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"}),
     "2021": (re.compile(r"BraTS2021_\d+"), "_",
              {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"}),
-    "2023": (re.compile(r"BraTS-GLI-\d+-\d+"), "-",
-             {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f", "seg": "seg"}),
+    "2023": (re.compile(r"BraTS-GLI-\d+-\d+"), "-", _SUFFIXES_2023),
+    **{f"2023-{c.lower()}": (re.compile(rf"BraTS-{c}-\d+-\d+"), "-", _SUFFIXES_2023)
+       for c in ("SSA", "MEN", "MET", "PED")},
 }
 _GRADE_FOLDERS = ("HGG", "LGG")
 _MSD_CASE = re.compile(r"BRATS_\d+")
@@ -132,7 +144,29 @@ def _kinds_in(folder: Path) -> set[str]:
 
 
 def _kind(layout: str) -> str:
+    if layout == "2024-gli":
+        return "2023"  # same naming as GLI 2023
     return "legacy" if layout in ("2018", "2019") else layout
+
+
+def _gli_year(src: Path, releases: list[Path]) -> str:
+    """``2024-gli`` or ``2023`` for GLI-named releases, by the documented folder-name rule."""
+    years: set[str] = set()
+    stop = src.resolve().parent
+    for release in releases:
+        year = "2023"
+        release = release.resolve()
+        for folder in [release, *release.parents]:
+            if "2024" in folder.name or "2023" in folder.name:
+                year = "2024-gli" if "2024" in folder.name else "2023"
+                break
+            if folder == stop:
+                break
+        years.add(year)
+    if len(years) > 1:
+        raise NnunetKDError(f"{src} holds both GLI 2023 and GLI 2024 post-treatment releases (by their folder "
+                            f"names); convert them separately or pass --layout")
+    return years.pop()
 
 
 def _single_kind(folder: Path, wanted: str | None) -> str | None:
@@ -165,7 +199,7 @@ def _releases(src: Path, layout: str) -> tuple[str, list[Path]]:
         what = f"BraTS {layout} cases" if wanted else "BraTS release"
         raise NnunetKDError(
             f"no {what} found in {src} (nor in its sub-folders); expected case folders such as "
-            f"BraTS2021_00000/, BraTS-GLI-00000-000/, BraTS20_Training_001/, HGG/ and LGG/ folders, or an MSD "
+            f"BraTS2021_00000/, BraTS-GLI-00000-000/ (or -SSA-, -MEN-, -MET-, -PED-), BraTS20_Training_001/, HGG/ and LGG/ folders, or an MSD "
             f"Task01_BrainTumour folder with imagesTr/")
     kinds = sorted(set(found.values()))
     if len(kinds) > 1:
@@ -286,6 +320,8 @@ def detect_layout(src: str | Path) -> str:
     """
     src = Path(src)
     kind, releases = _releases(src, "auto")
+    if kind == "2023":
+        return _gli_year(src, releases)
     return _legacy_year(releases) if kind == "legacy" else kind
 
 
@@ -303,6 +339,8 @@ def list_cases(src: str | Path, layout: str = "auto") -> list[BratsCase]:
     kind, releases = _releases(src, layout)
     if kind == "legacy":
         convention = layout if layout in ("2018", "2019") else _legacy_year(releases)
+    elif kind == "2023":
+        convention = layout if layout in ("2023", "2024-gli") else _gli_year(src, releases)
     else:
         convention = kind
     cases: list[BratsCase] = []

@@ -11,7 +11,8 @@ without complaint and would be scored as if its missing voxels were background);
 the image header. Labels are mapped to the canonical labels with :func:`nnunet_kd.brats.get_convention`, each
 folder with its own convention (raw BraTS 2023 labels and nnU-Net predictions both use the values 0-3 with
 different meanings, so one shared convention would silently swap edema and necrosis for one side), then the
-regions of :data:`nnunet_kd.brats.REGIONS` are scored with :mod:`.metrics` and :mod:`.lesionwise`. Any bad file
+evaluation regions of the dataset kind (:class:`nnunet_kd.brats.DatasetKind`; WT, TC, ET by default, plus NETC,
+SNFH and RC for post-treatment data, ``EvaluationSettings.kind``) are scored with :mod:`.metrics` and :mod:`.lesionwise`. Any bad file
 (unreadable, truncated, wrong geometry, label values outside its convention or not integers) stops the run with
 one line naming the case and the file, before anything is written.
 
@@ -20,7 +21,7 @@ non-empty folder is refused unless ``overwrite``, and then replaced as a whole):
 
 * ``per_case.csv`` — one row per case: ``case``, ``pred_file``, ``gt_file`` (absolute paths; ``pred_file`` is
   empty for a missing prediction), ``missing_prediction`` (0/1), then ``<REGION>_<metric>`` for regions
-  WT, TC, ET and metrics :data:`METRICS` (HD95 in mm, volumes in mm³);
+  WT, TC, ET (GLI-POST: WT, TC, ET, NETC, SNFH, RC) and metrics :data:`METRICS` (HD95 in mm, volumes in mm³);
 * ``summary.csv`` — ``region, metric, mean, median, std, q25, q75, n`` (std is the population std, ddof=0);
 * ``summary.json`` — the same statistics under ``metrics[region][metric]`` plus the settings and folders used.
 """
@@ -88,8 +89,12 @@ class EvaluationSettings:
     lesion_dilation_iterations: int = lesionwise.GLI_DILATION_ITERATIONS
     lesion_volume_threshold_mm3: float = lesionwise.GLI_VOLUME_THRESHOLD_MM3
     lesion_hd95_penalty: float = lesionwise.LESION_HD95_PENALTY_MM
+    kind: str = "GLI"  #: dataset kind (``brats.KINDS``) whose evaluation regions are scored
 
     def __post_init__(self) -> None:
+        if str(self.kind).upper() not in brats.KINDS:
+            raise ConfigurationError(f"unknown BraTS dataset kind '{self.kind}'; expected one of "
+                                     f"{', '.join(brats.KINDS)}")
         for what, name in (("prediction", self.pred_convention), ("reference", self.gt_convention)):
             if str(name).lower() not in brats.CONVENTIONS:
                 raise ConfigurationError(f"unknown {what} label convention '{name}'; expected one of "
@@ -225,13 +230,14 @@ def evaluate_case(pair: CasePair, settings: EvaluationSettings | None = None) ->
         pred = _canonical(pair.case, pred_map, pair.pred_file, "prediction",
                           brats.get_convention(settings.pred_convention))
     spacing = gt_map.spacing
+    regions = brats.get_kind(settings.kind).eval_regions
     row: dict = {"case": pair.case, "pred_file": str(pair.pred_file) if pair.pred_file else "",
                  "gt_file": str(pair.gt_file), "missing_prediction": int(pair.pred_file is None)}
-    region_scores = metrics.region_metrics(pred, gt, spacing, hd95_penalty=settings.hd95_penalty)
+    region_scores = metrics.region_metrics(pred, gt, spacing, regions=regions, hd95_penalty=settings.hd95_penalty)
     lesion_scores = lesionwise.lesion_wise_region_scores(
-        pred, gt, spacing, dilation_iterations=settings.lesion_dilation_iterations,
+        pred, gt, spacing, regions=regions, dilation_iterations=settings.lesion_dilation_iterations,
         volume_threshold_mm3=settings.lesion_volume_threshold_mm3, hd95_penalty=settings.lesion_hd95_penalty)
-    for region in REGION_KEYS:
+    for region in regions:
         values = dict(region_scores[region])
         values.update(lesion_scores[region].as_dict())
         for metric in METRICS:
@@ -239,10 +245,10 @@ def evaluate_case(pair: CasePair, settings: EvaluationSettings | None = None) ->
     return row
 
 
-def summarize(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(rows: Sequence[dict], regions: Sequence[str] = REGION_KEYS) -> dict[str, dict[str, dict[str, float]]]:
     """``{region: {metric: {mean, median, std, q25, q75, n}}}`` over the per-case rows (std with ddof=0)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for region in REGION_KEYS:
+    for region in regions:
         out[region] = {}
         for metric in METRICS:
             v = np.asarray([float(r[metric_column(region, metric)]) for r in rows], dtype=float)
@@ -309,6 +315,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         warnings.warn(f"{len(missing)} case(s) without prediction counted as empty predictions: "
                       f"{', '.join(missing)}", UserWarning, stacklevel=2)
     rows = _run_cases(pairs, settings, num_processes, progress)
+    kind = brats.get_kind(settings.kind)
     summary = {
         "tool": "nnunet-kd evaluate",
         "pred_dir": str(Path(pred_dir).resolve()),
@@ -318,10 +325,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         "gt_convention": settings.gt_convention,
         "convention": (settings.pred_convention if settings.pred_convention == settings.gt_convention
                        else f"prediction {settings.pred_convention}, reference {settings.gt_convention}"),
+        "dataset_kind": kind.name,
         "num_cases": len(rows),
         "missing_predictions": missing,
-        "regions": list(REGION_KEYS),
-        "region_labels": {brats.REGION_ABBREVIATIONS[r]: list(v) for r, v in brats.REGIONS.items()},
+        "regions": list(kind.eval_regions),
+        "region_labels": {r: list(v) for r, v in kind.eval_regions.items()},
         "units": {"hd95": "mm", "lesion_hd95": "mm", "vol_pred_mm3": "mm^3", "vol_gt_mm3": "mm^3"},
         "hd95_definition": HD95_DEFINITION,
         "hd95_empty_penalty_mm": settings.hd95_penalty,
@@ -329,7 +337,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
                         "dilation_structure": "18-connected", "volume_threshold_mm3":
                             settings.lesion_volume_threshold_mm3, "hd95_penalty_mm": settings.lesion_hd95_penalty},
         "per_case_csv": PER_CASE_CSV,
-        "metrics": summarize(rows),
+        "metrics": summarize(rows, tuple(kind.eval_regions)),
     }
     if out_dir is not None:
         write_evaluation(rows, summary, out_dir, overwrite=overwrite)
@@ -419,7 +427,8 @@ def _fmt(v) -> str:
 def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` as the folder ``out_dir`` (atomically; a
     non-empty ``out_dir`` is refused unless ``overwrite``)."""
-    header = list(CASE_COLUMNS) + [metric_column(r, m) for r in REGION_KEYS for m in METRICS]
+    regions = summary.get("regions", REGION_KEYS)
+    header = list(CASE_COLUMNS) + [metric_column(r, m) for r in regions for m in METRICS]
     per_case = _csv_text(header, ([_fmt(row[h]) for h in header] for row in rows))
     stats = summary["metrics"]
     summary_csv = _csv_text(("region", "metric") + STATISTICS,
@@ -474,7 +483,7 @@ def format_summary_table(summary: dict, metric_names: Sequence[str] = (
     stats = summary["metrics"]
     header = ["region"] + [labels.get(m, m) for m in metric_names]
     lines = []
-    for region in ("ET", "TC", "WT"):
+    for region in ("ET", "TC", "WT", *(r for r in stats if r not in ("ET", "TC", "WT"))):
         if region not in stats:
             continue
         cells = [region]

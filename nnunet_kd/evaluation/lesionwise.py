@@ -49,8 +49,10 @@ GLI_VOLUME_THRESHOLD_MM3 = 50.0
 #: HD95 (mm) given to false-positive and missed lesions in the BraTS 2023 lesion-wise evaluation.
 LESION_HD95_PENALTY_MM = 374.0
 #: Lesion-wise parameters of the BraTS 2023 reference per challenge: (dilation iterations, volume threshold mm³).
+#: ``GLI-POST`` (BraTS 2024 post-treatment glioma) uses the 2024 reference's dilation 3 and 20 mm³; that reference
+#: also uses 10 mm³ for ET and RC and merges lesions across tissues, which is not reproduced (docs/datasets.md).
 TASK_PARAMETERS: dict[str, tuple[int, float]] = {
-    "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0),
+    "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0), "GLI-POST": (3, 20.0),
 }
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
