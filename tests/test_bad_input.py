@@ -185,6 +185,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("export-subset", C): Case(lambda w: ["export-subset", str(_model(w, "models_bad_ckpt")), "--keep", "T2",
                                           "-o", str(w.root / "sub")],
                                lambda w: _model(w, "models_bad_ckpt") / "fold_0" / "checkpoint_final.pth"),
+    ("check-inputs", J): Case(lambda w: ["check-inputs", str(_model(w, "models_bad_json")), str(w.images)],
+                              lambda w: _model(w, "models_bad_json") / "dataset.json"),
     ("evaluate-subsets", U): Case(lambda w: ["evaluate-subsets", str(_model(w, "models")), str(w.images), str(w.gt),
                                              "-o", str(w.unwritable), "--subsets", "T2", "-device", "cpu"],
                                   lambda w: w.unwritable),
