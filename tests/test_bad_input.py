@@ -235,6 +235,11 @@ if _sys_refuses_writes():
         lambda w: "/sys/nnunet_kd_out")
 
 
+if not torch.cuda.is_available():  # refused before any work, not after minutes of synthesis and preprocessing
+    CASES[("demo", "no CUDA device")] = Case(
+        lambda w: ["demo", "--workdir", str(w.root / "d"), "--device", "cuda"], lambda w: "--device cuda")
+
+
 def _model(w: World, group: str) -> Path:
     return w.root / group / "nnUNetTrainerBarlowKD_AnySubset_smoke__nnUNetPlans__3d_fullres"
 
@@ -360,7 +365,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(slow_images: Path, tmp_pa
 
 
 def test_set_aside_output_of_a_killed_overwrite_is_restored(tmp_path: Path):
-    from nnunet_kd.dataset_conversion._io import remove_stale_siblings
+    from nnunet_kd.safe_io import remove_stale_siblings
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -115,3 +115,29 @@ def test_a_folder_that_is_no_model_folder_is_refused(tmp_path: Path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"nnunet-kd check-inputs: error: {images} is not an nnU-Net model folder (no dataset.json)"]
+
+
+def test_evaluate_subsets_refuses_labelled_cases_without_exactly_the_model_files(tmp_path: Path):
+    """Before: an extra ``_0004`` was ignored and predicted from; now every labelled case is checked first."""
+    from test_subset_export import fake_any_subset_folder
+
+    model = fake_any_subset_folder(tmp_path / "models")
+    all_four = ("_0000", "_0001", "_0002", "_0003")
+    images = _images(tmp_path / "images", {"A": all_four + ("_0004",), "B": ("_0000", "_0001", "_0003"),
+                                           "C": all_four, "X": ("_0000",)})  # X has no label: not predicted
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for case in "ABC":
+        (labels / f"{case}.nii.gz").write_bytes(b"")
+    before = _tree(tmp_path)
+    env = dict(os.environ)
+    env.pop("NNUNET_KD_DEBUG", None)
+    proc = subprocess.run([NNUNET_KD, "evaluate-subsets", str(model), str(images), str(labels),
+                           "-o", str(tmp_path / "out"), "--subsets", "T2", "-device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nnunet-kd evaluate-subsets: error: 2 input problem(s)"), lines
+    assert "case A: unexpected _0004" in lines[0] and "case B: missing _0002 (T2)" in lines[0]
+    assert "case C" not in lines[0] and "case X" not in lines[0]
+    assert _tree(tmp_path) == before

@@ -118,14 +118,21 @@ def check_input_folder(model_folder: Path, input_dir: Path, only_cases: Iterable
                        shown: int | None = 5) -> ExpectedInputs:
     """Raise :class:`InputDataError` naming the cases of ``input_dir`` that the model in ``model_folder`` cannot take.
 
-    The one-line message lists the first ``shown`` problems (``None``: all) and counts the rest; ``only_cases`` as
-    in :func:`input_problems`. Returns the model's expected inputs when every case fits.
+    Returns the model's expected inputs when every case fits; see :func:`check_inputs_fit`.
     """
     expected = model_expected_inputs(model_folder)
+    check_inputs_fit(expected, input_dir, str(model_folder), only_cases, shown)
+    return expected
+
+
+def check_inputs_fit(expected: ExpectedInputs, input_dir: Path, model: str, only_cases: Iterable[str] | None = None,
+                     shown: int | None = 5) -> None:
+    """Raise :class:`InputDataError` when :func:`input_problems` finds any; ``model`` names the model in the message.
+
+    The one-line message lists the first ``shown`` problems (``None``: all) and counts the rest.
+    """
     problems = input_problems(expected, Path(input_dir), only_cases)
     if problems:
         limit = len(problems) if shown is None else shown
-        listed = "; ".join(problems[:limit])
-        shown_text = listed + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
-        raise InputDataError(f"{len(problems)} input problem(s) in {input_dir} for {model_folder}: {shown_text}")
-    return expected
+        listed = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+        raise InputDataError(f"{len(problems)} input problem(s) in {input_dir} for {model}: {listed}")
