@@ -47,6 +47,10 @@ def expected_inputs(dataset_json: Mapping) -> ExpectedInputs:
     record = dataset_json.get(RECORD_KEY) if isinstance(dataset_json.get(RECORD_KEY), Mapping) else {}
     student = record.get("student")
     if student:
+        if not isinstance(student, Mapping) or not isinstance(student.get("file_suffixes"), list) or \
+                not isinstance(student.get("channel_names"), list):
+            raise ConfigurationError(f"dataset.json has a malformed '{RECORD_KEY}.student' record (needs the lists "
+                                     f"file_suffixes and channel_names)")
         original = record.get("original_channel_names")
         names = {channel_suffix(int(k)): str(v) for k, v in original.items()} if isinstance(original, Mapping) else {}
         return ExpectedInputs(tuple(student["file_suffixes"]), tuple(student["channel_names"]), file_ending, names)
@@ -64,7 +68,11 @@ def model_expected_inputs(model_folder: Path) -> ExpectedInputs:
     path = Path(model_folder) / "dataset.json"
     if not path.is_file():
         raise ConfigurationError(f"{model_folder} is not an nnU-Net model folder (no dataset.json)")
-    return expected_inputs(read_json_object(path, "dataset.json"))
+    dataset_json = read_json_object(path, "dataset.json")
+    try:
+        return expected_inputs(dataset_json)
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{path}: {e}") from None
 
 
 def case_suffixes(input_dir: Path, file_ending: str) -> tuple[dict[str, list[str]], list[str]]:
