@@ -2,7 +2,8 @@
 
 synthetic BraTS 2021 release -> ``convert-brats`` -> ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train ... -tr
 nnUNetTrainerBarlowKD_demo`` (teacher on 4 modalities + student on FLAIR/T1ce) -> ``select-modalities --keep
-FLAIR,T1ce`` on held-out cases -> stock ``nnUNetv2_predict`` with 2 files per case -> BraTS metrics per region.
+FLAIR,T1ce`` on held-out cases -> the ``check-inputs`` test of those files -> stock ``nnUNetv2_predict`` with 2 files
+per case -> BraTS metrics per region.
 
 Every nnU-Net step is the real command line, run in a subprocess with ``nnUNet_raw`` / ``nnUNet_preprocessed`` /
 ``nnUNet_results`` pointing into the demo folder. The numbers come from a tiny CPU run and mean nothing about the
@@ -67,6 +68,7 @@ def validate_config(config: DemoConfig) -> None:
     check_shape(config.shape)
     if config.device not in DEVICES:
         raise ConfigurationError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    _check_device(config.device)
     workdir = config.workdir
     if workdir.exists() or workdir.is_symlink():
         if not workdir.is_dir():
@@ -81,6 +83,19 @@ def validate_config(config: DemoConfig) -> None:
             raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is not writable")
     for trainer in [config.trainer] + ([config.baseline] if config.baseline else []):  # slowest check last
         _check_trainer(trainer)
+
+
+def _check_device(device: str) -> None:
+    """A device this machine has, else nnUNetv2_train would fail only after synthesis and preprocessing."""
+    if device == "cpu":
+        return
+    import torch
+
+    available = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if not available:
+        raise ConfigurationError(f"--device {device}: PyTorch finds no {device.upper()} device on this machine "
+                                 f"(torch.{'cuda' if device == 'cuda' else 'backends.mps'}.is_available() is False); "
+                                 f"use --device cpu")
 
 
 def _check_trainer(name: str) -> None:
@@ -152,6 +167,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
     from nnunet_kd.dataset_conversion.convert import convert_brats
     from nnunet_kd.dataset_conversion.select import select_modalities
     from nnunet_kd.evaluation.evaluate import evaluate_folders
+    from nnunet_kd.subsets.input_files import check_input_folder
     from nnunet_kd.synthetic import write_brats_folder
 
     validate_config(config)
@@ -205,6 +221,10 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
 
         t = stage(f"6/6 nnUNetv2_predict -tr {trainer} on {'+'.join(config.keep)} only, then BraTS metrics")
         pred = work / "predictions" / trainer
+        # stock nnU-Net only counts a case's files: check they are the trained student's modalities
+        expected = check_input_folder(Path(env["nnUNet_results"]) / train_ds.name /
+                                      f"{trainer}__nnUNetPlans__3d_fullres", limited)
+        echo(f"    check-inputs: every case has exactly the model's files, {expected.describe()}")
         run_logged([str(bin_dir / "nnUNetv2_predict"), "-i", str(limited), "-o", str(pred), "-d", str(TRAIN_ID),
                     "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", config.device, "-npp", "1",
                     "-nps", "1"], env, logs / f"predict_{trainer}.log", show_all, echo)

@@ -40,12 +40,12 @@ def write_model_folder(out: str | os.PathLike, source_folder: str | os.PathLike,
 
     The source folder's ``dataset_fingerprint.json`` is copied along when present. An existing ``out`` is refused
     unless ``overwrite``; then it is replaced only once the new folder is complete (built in a temporary sibling,
-    :func:`nnunet_kd.dataset_conversion._io.staged_folder`), so an error, Ctrl-C or SIGTERM keeps the old folder
+    :func:`nnunet_kd.safe_io.staged_folder`), so an error, Ctrl-C or SIGTERM keeps the old folder
     and a SIGKILL leaves at most a temporary sibling that the next run removes or restores.
     """
     import torch
 
-    from nnunet_kd.dataset_conversion._io import staged_folder
+    from nnunet_kd.safe_io import staged_folder
 
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:

@@ -457,7 +457,7 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
             raise NnunetKDError(f"output folder {out} already exists and is not empty; choose another folder or "
                                 "overwrite it (--overwrite)")
 
-    from nnunet_kd.dataset_conversion._io import staged_folder
+    from nnunet_kd.safe_io import staged_folder
 
     ids = [case_id(layout, i) for i in range(n_cases + unlabeled)]
     replace = [out] if out.exists() or out.is_symlink() else []

@@ -7,8 +7,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_kd_trainer import barlow_upper_bound
 
 from conftest import BIN, NnunetEnv
 from nnunet_kd.errors import ConfigurationError
@@ -119,7 +121,7 @@ def test_nnunetv2_train_any_subset_smoke(nnunet_env: NnunetEnv):
     assert ckpt["trainer_name"] == ANY_SUBSET
     assert ckpt["network_weights"][FIRST_CONV].shape[1] == 4
     assert ckpt["nnunet_kd"]["kd_modules"][f"teacher.{FIRST_CONV}"].shape[1] == 4
-    assert all(v > 0 for v in ckpt["logging"]["barlow_loss"])
+    assert all(0 < v <= barlow_upper_bound() for v in ckpt["logging"]["barlow_loss"])
     assert (folder / "fold_0" / "validation" / "summary.json").is_file()
     log = next((folder / "fold_0").glob("training_log_*.txt")).read_text()
     assert "any-subset student" in log
@@ -127,30 +129,48 @@ def test_nnunetv2_train_any_subset_smoke(nnunet_env: NnunetEnv):
 
 @pytest.mark.slow
 def test_train_step_zeroes_dropped_channels_of_the_normalised_batch(nnunet_env: NnunetEnv, monkeypatch):
+    """The batch train_step feeds the student is the loader's batch with exactly the sampled subset's channels zeroed.
+
+    The keep-masks are taken from the trainer's sampler as it draws them (a spy), the network input from a forward
+    pre-hook, and the expected input is computed independently with numpy from the loader's batch and those masks.
+    """
     trainer = nnunet_env.make_trainer("nnUNetTrainerBarlowKD_AnySubset_PixelKD", monkeypatch)
     trainer.initialize()
     dl_train, _ = trainer.get_dataloaders()
     batch = next(dl_train)  # what nnU-Net's training loop hands to train_step: preprocessed + augmented
-    data = batch["data"]
+    data = batch["data"].clone()
     assert data.shape[1] == 4
     assert data.min() < 0  # z-score normalised (raw MR intensities are >= 0)
-    seen = {}
-    trainer.network.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0].clone()))
-    trainer.kd_modules["teacher"].register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0].clone()))
+    assert data.flatten(2).ne(0).any(-1).all()  # every channel holds data before zeroing: a zeroed one is visible
+    drawn: list[torch.Tensor] = []
+    real_sample = trainer.subset_sampler.sample
+
+    def spy(*args, **kwargs):
+        keep = real_sample(*args, **kwargs)
+        drawn.append(keep.clone())
+        return keep
+
+    monkeypatch.setattr(trainer.subset_sampler, "sample", spy)
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    trainer.network.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].detach().clone()))
+    trainer.kd_modules["teacher"].register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].detach().clone()))
     torch.manual_seed(3)
 
     out = trainer.train_step(batch)
 
-    assert torch.equal(seen["teacher"], data)
-    student = seen["student"]
-    kept = student.flatten(2).ne(0).any(-1)  # (B, C): channels that still hold data
-    assert kept.any(1).all(), "a sample lost all its channels"
-    for b in range(data.shape[0]):
-        for c in range(4):
-            expected = data[b, c] if kept[b, c] else torch.zeros_like(data[b, c])
-            assert torch.equal(student[b, c], expected)
+    assert len(drawn) == 1 and len(seen["student"]) == 1 and len(seen["teacher"]) == 1
+    keep = drawn[0].cpu().numpy()
+    assert keep.shape == (data.shape[0], 4) and keep.any(1).all(), "a sample lost all its channels"
+    assert (~keep).any(), "no channel was dropped in this batch: the check below would not test zeroing"
+    expected = data.numpy() * keep[:, :, None, None, None]  # independent of zero_missing_channels
+    np.testing.assert_array_equal(seen["student"][0].cpu().numpy(), expected)
+    np.testing.assert_array_equal(seen["teacher"][0].cpu().numpy(), data.numpy())  # the teacher sees all four
     assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss", "pixel_kd_loss"}
 
-    masks = torch.cat([trainer.student_input(data).flatten(2).ne(0).any(-1) for _ in range(60)])
+    drawn.clear()
+    outputs = [trainer.student_input(data) for _ in range(60)]
+    masks = torch.cat(drawn).cpu().numpy()
+    for keep, student in zip(drawn, outputs):
+        np.testing.assert_array_equal(student.numpy(), data.numpy() * keep.cpu().numpy()[:, :, None, None, None])
     assert masks.any(1).all()
     assert len({tuple(m) for m in masks.tolist()}) >= 10  # many different subsets over 120 samples

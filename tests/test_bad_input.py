@@ -185,6 +185,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("export-subset", C): Case(lambda w: ["export-subset", str(_model(w, "models_bad_ckpt")), "--keep", "T2",
                                           "-o", str(w.root / "sub")],
                                lambda w: _model(w, "models_bad_ckpt") / "fold_0" / "checkpoint_final.pth"),
+    ("check-inputs", J): Case(lambda w: ["check-inputs", str(_model(w, "models_bad_json")), str(w.images)],
+                              lambda w: _model(w, "models_bad_json") / "dataset.json"),
     ("evaluate-subsets", U): Case(lambda w: ["evaluate-subsets", str(_model(w, "models")), str(w.images), str(w.gt),
                                              "-o", str(w.unwritable), "--subsets", "T2", "-device", "cpu"],
                                   lambda w: w.unwritable),
@@ -231,6 +233,11 @@ if _sys_refuses_writes():
     CASES[("export-brats", "read-only file system (/sys)")] = Case(
         lambda w: ["export-brats", str(w.preds), "/sys/nnunet_kd_out", "--convention", "2021"],
         lambda w: "/sys/nnunet_kd_out")
+
+
+if not torch.cuda.is_available():  # refused before any work, not after minutes of synthesis and preprocessing
+    CASES[("demo", "no CUDA device")] = Case(
+        lambda w: ["demo", "--workdir", str(w.root / "d"), "--device", "cuda"], lambda w: "--device cuda")
 
 
 def _model(w: World, group: str) -> Path:
@@ -358,7 +365,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(slow_images: Path, tmp_pa
 
 
 def test_set_aside_output_of_a_killed_overwrite_is_restored(tmp_path: Path):
-    from nnunet_kd.dataset_conversion._io import remove_stale_siblings
+    from nnunet_kd.safe_io import remove_stale_siblings
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

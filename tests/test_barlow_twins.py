@@ -49,6 +49,19 @@ def test_zero_for_identical_decorrelated_features():
     assert BarlowTwinsLoss(eps=0.0)(z, z.clone()).item() == pytest.approx(0.0, abs=1e-10)
 
 
+def test_bounds_of_the_normalised_loss():
+    """Known answers at the extremes: C = -I gives exactly 4 (the on-diagonal maximum); all features identical
+    gives C = all ones, i.e. (off-diagonal weight) x (D - 1). The trainers' logged terms are checked against
+    4 + lambda_off * (D - 1) (tests/test_kd_trainer.py: barlow_upper_bound)."""
+    h = torch.tensor([[1.0]])
+    for _ in range(3):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    z = h[:, 1:]  # 8 x 7, uncorrelated unit-variance features
+    assert BarlowTwinsLoss(eps=0.0)(z, -z).item() == pytest.approx(4.0, abs=1e-10)
+    same = z[:, :1].repeat(1, 7)
+    assert BarlowTwinsLoss(off_diagonal_weight=0.5, eps=0.0)(same, same).item() == pytest.approx(0.5 * 6, abs=1e-10)
+
+
 def test_identical_correlated_features_cost_only_off_diagonal():
     torch.manual_seed(2)
     base = torch.randn(64, 1)

@@ -38,6 +38,7 @@ def test_demo_runs_end_to_end_with_smoke_schedule(tmp_path: Path, capsys):
                  "--trainer", "nnUNetTrainerBarlowKD_smoke"]) == 0
     out = capsys.readouterr().out
     assert "nnUNetTrainerBarlowKD_smoke" in out and "Dice WT" in out and "tiny CPU run" in out
+    assert "check-inputs: every case has exactly the model's files, T1ce (_0001), FLAIR (_0003)" in out
     assert (work / MARKER).is_file()
     preds = sorted((work / "predictions" / "nnUNetTrainerBarlowKD_smoke").glob("*.nii.gz"))
     assert len(preds) == 2

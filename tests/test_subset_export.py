@@ -327,4 +327,4 @@ def test_evaluate_subsets_names_a_case_with_missing_files(tmp_path: Path, capsys
     assert main(["evaluate-subsets", str(folder), str(images), str(labels), "-o", str(tmp_path / "out"),
                  "-device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "case BraTS_001" in err and "BraTS_001_0002.nii.gz is missing" in err
+    assert "case BraTS_001: missing _0002 (T2)" in err and str(images) in err

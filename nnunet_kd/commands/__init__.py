@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export_teacher",
     "set_teacher",
     "export_subset",
+    "check_inputs",
     "evaluate_subsets",
     "pseudolabel",
     "make_distill_dataset",

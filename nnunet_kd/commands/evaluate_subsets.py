@@ -13,7 +13,8 @@ DESCRIPTION = (
     "    subset_table.md / subset_table.csv   rows = subsets, WT/TC/ET Dice and HD95, plus the mean row\n"
     "    subset_heatmap.png                   the same as heat maps\n"
     "    subsets/<subset>/predictions, evaluation   per subset; finished subsets are reused on a re-run\n"
-    "IMAGES holds all four files per case (_0000.._0003). Example:\n"
+    "IMAGES holds all four files per case (_0000.._0003); a labelled case with a missing, extra or misnamed file\n"
+    "stops the run before any prediction (the check of `nnunet-kd check-inputs`). Example:\n"
     "    nnunet-kd evaluate-subsets $nnUNet_results/Dataset137_BraTS2021/nnUNetTrainerBarlowKD_AnySubset__nnUNetPlans__3d_fullres \\\n"
     "        imagesTs/ labelsTs/ -o subsets_eval/ -f 0 1 2 3 4 --published"
 )

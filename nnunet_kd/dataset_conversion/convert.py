@@ -35,11 +35,11 @@ from nnunet_kd.dataset_conversion._io import (
     one_line,
     read_image,
     run_jobs,
-    staged_folder,
     write_image,
 )
 from nnunet_kd.dataset_conversion.layouts import BratsCase, list_cases
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
+from nnunet_kd.safe_io import staged_folder
 
 FILE_ENDING = ".nii.gz"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -22,10 +22,10 @@ from nnunet_kd.dataset_conversion._io import (
     read_image,
     require_new_folder,
     run_jobs,
-    staged_folder,
     write_image,
 )
 from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.safe_io import staged_folder
 
 _ENDINGS = (".nii.gz", ".nii")
 

@@ -34,7 +34,6 @@ import io
 import json
 import math
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -383,31 +382,16 @@ def check_output_apart(out_dir: str | os.PathLike, inputs: Iterable[tuple[str, s
 def publish_folder(out_dir: str | os.PathLike, build: Callable[[Path], None], overwrite: bool = True) -> Path:
     """Let ``build(tmp)`` fill a temporary folder next to ``out_dir``, then put it in place of ``out_dir``.
 
-    A non-empty ``out_dir`` is refused unless ``overwrite``; then the old folder is moved aside, the new one
-    renamed into place and the old one deleted, so ``out_dir`` never holds a mix of old and new files. If
-    ``build`` fails nothing in ``out_dir`` changes."""
+    A non-empty ``out_dir`` is refused unless ``overwrite``; the folder is built and replaced by
+    :func:`nnunet_kd.safe_io.staged_folder` (the old folder is removed only once the new one is in place), so
+    ``out_dir`` never holds a mix of old and new files. If ``build`` fails nothing in ``out_dir`` changes."""
+    from nnunet_kd.safe_io import staged_folder
+
     out = Path(out_dir).absolute()
     check_output_folder(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old: Path | None = None
-    try:
+    with staged_folder(out, replace=[out] if out.exists() else []) as tmp:
         build(tmp)
-        check_output_folder(out, overwrite)  # it may have appeared meanwhile
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old / out.name, out)
-            raise
-        return out
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:

@@ -44,6 +44,7 @@ from nnunet_kd.subsets.export import (
     load_model_folder,
     subset_model_files,
 )
+from nnunet_kd.subsets.input_files import check_inputs_fit, expected_inputs
 
 SUBSETS_DIR = "subsets"
 PREDICTIONS_DIR = "predictions"
@@ -196,7 +197,7 @@ def _predict_subset(make_predictor: Callable[[], object], lists: list[list[str]]
     """Predict into a temporary folder beside ``pred_dir``, write the marker last, then rename into place.
 
     nnU-Net's messages (predictor set-up included) go to ``log_path``."""
-    from nnunet_kd.dataset_conversion._io import staged_folder
+    from nnunet_kd.safe_io import staged_folder
 
     with staged_folder(pred_dir, replace=[pred_dir] if pred_dir.exists() else []) as tmp:
         with open(log_path, "w") as log, contextlib.redirect_stdout(log):
@@ -233,9 +234,10 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
     """Predict and evaluate every subset (default: all 15) of an any-subset model; returns one result per subset.
 
     ``images_dir`` holds all of the model's files per case (e.g. ``imagesTr`` / ``imagesTs``); the cases are those
-    with a label map in ``gt_dir``. With ``num_processes_preprocessing`` or ``num_processes_export`` 0 prediction
-    runs in this process (nnU-Net's sequential predictor), else with nnU-Net's worker processes. See the module
-    docstring for the output folder and the cache.
+    with a label map in ``gt_dir``, and each must have exactly the model's ``_000X`` files (checked before any
+    prediction, as ``nnunet-kd check-inputs`` does). With ``num_processes_preprocessing`` or
+    ``num_processes_export`` 0 prediction runs in this process (nnU-Net's sequential predictor), else with nnU-Net's
+    worker processes. See the module docstring for the output folder and the cache.
     """
     from tqdm import tqdm
 
@@ -246,9 +248,13 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
     blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:  # refuse before minutes of prediction, not when the first subset is written
         raise InputDataError(f"cannot create output folder {out}: {blocking} is a file, not a folder")
-    model = load_subset_model(model_folder, folds, checkpoint_name)
-    file_ending = model.dataset_json["file_ending"]
+    dataset_json, _ = load_model_folder(model_folder)  # JSON only: refuse wrong input files before loading weights
+    file_ending = dataset_json["file_ending"]
     cases = _reference_cases(gt_dir, file_ending)
+    if any_subset_record(dataset_json) is not None:  # else load_subset_model says why the model does not fit
+        # each labelled case must have exactly the model's files: an extra or misnamed one is refused, not ignored
+        check_inputs_fit(expected_inputs(dataset_json), Path(images_dir), str(model_folder), only_cases=cases)
+    model = load_subset_model(model_folder, folds, checkpoint_name)
     files = case_files(images_dir, cases, model.channel_suffixes, file_ending)
     # kept channels of each subset (fails on a bad subset before anything is predicted)
     kept = {subset: subset_model_files(model.dataset_json, model.plans, subset, where=str(model.folder))[2].kept_indices
