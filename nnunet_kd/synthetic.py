@@ -436,3 +436,32 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
             case = make_case(case_seed(seed, i), shape, labeled=i < n_cases)
             _write_case(case, tmp / ids[i], ids[i], spec)
     return ids
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+def add_low_signal_rim(images: str | Path, suffixes: tuple[str, ...] = ("_0000", "_0002"), width: int = 1,
+                       level: float = 0.03, file_ending: str = ".nii.gz") -> int:
+    """Give the ``suffixes`` images of an nnU-Net images folder a ``width``-voxel rim outside their non-zero region.
+
+    The rim's value is ``level`` x the median of the image's non-zero voxels: a low signal, like a skull-stripping
+    mask that is a little wider for T1/T2 (``_0000``, ``_0002``) than for T1ce/FLAIR. Such cases have modalities
+    with different non-zero extents, where nnU-Net's 4-channel crop and normalisation differ from a 2-channel
+    model's (``docs/kd_trainer.md``). Images are rewritten in place; returns the number of files changed.
+    """
+    import SimpleITK as sitk
+
+    changed = 0
+    for suffix in suffixes:
+        for path in sorted(Path(images).glob(f"*{suffix}{file_ending}")):
+            image = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(image)
+            inside = array != 0
+            rim = ndimage.binary_dilation(inside, iterations=width) & ~inside
+            array = array.copy()
+            array[rim] = level * float(np.median(array[inside]))
+            out = sitk.GetImageFromArray(array)
+            out.CopyInformation(image)
+            sitk.WriteImage(out, str(path))
+            changed += 1
+    return changed
