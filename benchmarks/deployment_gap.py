@@ -48,7 +48,7 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
-def build(root: Path, cases: int, shape: tuple[int, int, int], width: int, seed: int) -> Path:
+def build(root: Path, cases: int, shape: tuple[int, int, int], width: int, margin: int, seed: int) -> Path:
     """Synthetic dataset with the T1/T2 rim, planned and preprocessed; returns the raw dataset folder."""
     from nnunet_kd.dataset_conversion.convert import convert_brats
     from nnunet_kd.synthetic import write_brats_folder
@@ -57,7 +57,7 @@ def build(root: Path, cases: int, shape: tuple[int, int, int], width: int, seed:
         (root / name).mkdir(parents=True, exist_ok=True)
     write_brats_folder(root / "source", cases, layout="2021", seed=seed, shape=shape, unlabeled=0, progress=False)
     raw = convert_brats(root / "source", DATASET_ID, name=DATASET_NAME, raw_root=root / "raw", progress=False)
-    add_low_signal_rim(raw / "imagesTr", width=width)
+    add_low_signal_rim(raw, RIM_SUFFIXES, width=width, margin=margin)
     env = _env(root)
     env["nnUNet_n_proc_DA"] = "1"
     run_checked([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=(40, 40, 40))
     parser.add_argument("--rim-width", type=int, default=1)
+    parser.add_argument("--margin", type=int, default=3, help="zero voxels padded on each side before the rim")
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     t0 = time.perf_counter()
-    build(root, args.cases, tuple(args.shape), args.rim_width, args.seed)
+    build(root, args.cases, tuple(args.shape), args.rim_width, args.margin, args.seed)
     env = _env(root)
     run_checked([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", args.trainer,
                  "-device", "cpu"], env)

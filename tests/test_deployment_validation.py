@@ -1,7 +1,7 @@
 """The KD student's final validation equals stock ``nnUNetv2_predict`` of its files (deployment_validation.py).
 
 The session's KD smoke model is validated again (``nnUNetv2_train --val``) in a copy of the nnU-Net tree whose raw
-T1/T2 carry a thin low-signal rim outside the brain, re-preprocessed: there nnU-Net's 4-channel preprocessed arrays
+cases are padded and whose T1/T2 carry a thin low-signal rim outside the brain, re-preprocessed: there nnU-Net's 4-channel preprocessed arrays
 give the student other inputs than its two files do (checked), so validating from them (the old code) cannot
 match stock prediction; the new validation must, to the last bit of the exported probabilities.
 """
@@ -32,7 +32,8 @@ def rim_env(nnunet_env: NnunetEnv, tmp_path_factory: pytest.TempPathFactory) -> 
     raw, pre, res = root / "raw", root / "preprocessed", root / "results"
     name = nnunet_env.dataset_name
     shutil.copytree(nnunet_env.dataset_raw, raw / name)
-    assert add_low_signal_rim(raw / name / "imagesTr") == 2 * 8
+    n_images = len(list((raw / name).glob("images*/*_0000.nii.gz")))
+    assert add_low_signal_rim(raw / name) == 2 * n_images  # T1 and T2 of every case
     (pre / name).mkdir(parents=True)
     for f in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json", "splits_final.json"):
         shutil.copy(nnunet_env.preprocessed / name / f, pre / name / f)
