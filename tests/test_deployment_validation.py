@@ -113,11 +113,11 @@ def test_missing_raw_student_file_is_refused_and_leaves_validation(rim_env: Nnun
 
 def test_cascade_configuration_is_refused():
     from nnunet_kd.errors import ConfigurationError
-    from nnunet_kd.trainers.deployment_validation import refuse_cascade
+    from nnunet_kd.trainers.deployment_validation import refuse_cascade_validation
 
     trainer = SimpleNamespace(configuration_manager=SimpleNamespace(previous_stage_name="3d_lowres"),
                               configuration_name="3d_cascade_fullres")
     with pytest.raises(ConfigurationError, match="cascade stage .* 3d_lowres"):
-        refuse_cascade(trainer)
-    refuse_cascade(SimpleNamespace(configuration_manager=SimpleNamespace(previous_stage_name=None),
+        refuse_cascade_validation(trainer)
+    refuse_cascade_validation(SimpleNamespace(configuration_manager=SimpleNamespace(previous_stage_name=None),
                                    configuration_name="3d_fullres"))

@@ -17,9 +17,9 @@ same ``gt_segmentations`` as stock validation) is voxel-identical to that comman
 (tested in ``tests/test_deployment_validation.py``).
 
 Refused, with one line naming case and file: validation cases whose raw student files are missing (the trained
-checkpoint stays; restore the files and rerun with ``--val``). Refused: cascade configurations (the previous
-stage's segmentation would have to be predicted from the student's files too). Not written: the
-``predicted_next_stage`` exports of a low-resolution stage, for the same reason.
+checkpoint stays; restore the files and rerun with ``--val``). Refused here too, whether or not the trainer refused
+it when built: cascade configurations (the previous stage's segmentation would have to come from the student's
+files as well). Not written: the ``predicted_next_stage`` exports of a low-resolution stage, for the same reason.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from nnunet_kd.paths import nnunet_raw
 from nnunet_kd.subsets.modalities import student_plans
 
 
-def refuse_cascade(trainer) -> None:
+def refuse_cascade_validation(trainer) -> None:
     """Refuse configurations that take a previous stage's segmentation as input (``3d_cascade_fullres``)."""
     previous = trainer.configuration_manager.previous_stage_name
     if previous is not None:
@@ -105,7 +105,7 @@ def student_predictor(trainer) -> nnUNetPredictor:
 
 def validate_through_deployment(trainer, save_probabilities: bool = False) -> dict:
     """The trainer's final validation from the raw student files (see the module docstring); returns the metrics."""
-    refuse_cascade(trainer)
+    refuse_cascade_validation(trainer)
     _, val_keys = trainer.do_split()
     val_keys = sorted(val_keys)
     files = student_raw_files(trainer, val_keys)  # refuse before anything is written
