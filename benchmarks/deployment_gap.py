@@ -29,6 +29,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.common import BIN, machine_info, run_checked, write_json
 from nnunet_kd.synthetic import add_low_signal_rim
 
@@ -84,6 +86,41 @@ def validate_both(root: Path, trainer_name: str, fold: int = 0) -> dict[str, flo
             shutil.rmtree(target)
         os.replace(Path(trainer.output_folder) / "validation", target)
     return seconds
+
+
+def input_differences(root: Path, model: Path, cases: list[str]) -> dict[str, dict]:
+    """Per case: the student's inputs as training sees them (its channels of the 4-channel preprocessed array) vs
+    as deployment makes them (nnU-Net's preprocessor on the 2 files): crop boxes and value differences."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = PlansManager(json.loads((model / "plans.json").read_text()))
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    indices = dataset_json["nnunet_kd"]["student"]["channel_indices"]
+    raw = root / "raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / "imagesTr"
+    folder = root / "preprocessed" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / "nnUNetPlans_3d_fullres"
+    out = {}
+    for case in cases:
+        files = [str(raw / f"{case}{s}.nii.gz") for s in STUDENT_SUFFIXES]
+        alone, _, p_alone = DefaultPreprocessor(verbose=False).run_case(
+            files, None, plans, plans.get_configuration("3d_fullres"), dataset_json)
+        four, _, _, p_four = infer_dataset_class(str(folder))(str(folder), [case]).load_case(case)
+        four = np.asarray(four[:])[indices]
+        box_a, box_f = p_alone["bbox_used_for_cropping"], p_four["bbox_used_for_cropping"]
+        record = {"crop_training": [int(b - a) for a, b in box_f], "crop_deployment": [int(b - a) for a, b in box_a]}
+        if tuple(four.shape[1:]) == tuple(record["crop_training"]) and \
+                tuple(alone.shape[1:]) == tuple(record["crop_deployment"]):  # no resampling: align the crops
+            region = tuple(slice(a0 - f0, b0 - f0) for (a0, b0), (f0, _) in zip(box_a, box_f))
+            seen_in_training = four[(slice(None), *region)]
+            brain = alone != 0
+            diff = np.abs(seen_in_training - alone)
+            record.update({"max_abs_difference": float(diff.max()),
+                           "mean_abs_difference_in_brain": float(diff[brain].mean()),
+                           "deployment_channel_std_over_brain": [float(alone[c][brain[c]].std())
+                                                                 for c in range(alone.shape[0])]})
+        out[case] = record
+    return out
 
 
 def compare(a: Path, b: Path, cases: list[str]) -> dict[str, dict]:
@@ -144,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                    **{f"region_{k}": v["Dice"] for k, v in s["mean"].items()}} for name, s in summaries.items()}
     old_vs_new = compare(fold / "validation_preprocessed", fold / "validation_deployment", cases)
     new_vs_stock = compare(fold / "validation_deployment", root / "stock_predict", cases)
+    inputs = input_differences(root, model, cases)
     result = {
         "machine": machine_info("cpu"),
         "settings": {**vars(args), "rim_suffixes": RIM_SUFFIXES, "student_suffixes": STUDENT_SUFFIXES},
@@ -153,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         - dice["preprocessed"]["foreground_mean"],
         "old_vs_new_label_differences": old_vs_new,
         "deployment_vs_nnUNetv2_predict": new_vs_stock,
+        "student_inputs_training_vs_deployment": inputs,
         "seconds": {"build_and_train": train_s, **{f"validate_{k}": v for k, v in seconds.items()}},
     }
     write_json(root / "deployment_gap.json", result)
     for case, r in old_vs_new.items():
         print(f"{case}: old vs new labels differ in {r['fraction_differ']:.1%} of voxels "
               f"({r['fraction_of_foreground_differ']:.1%} of the foreground union); new vs nnUNetv2_predict: "
-              f"{new_vs_stock[case]['differ']} voxels")
+              f"{new_vs_stock[case]['differ']} voxels; inputs {inputs[case]}")
     print(f"validation Dice (foreground mean): preprocessed {dice['preprocessed']['foreground_mean']:.4f}, "
           f"deployment {dice['deployment']['foreground_mean']:.4f}")
     print(f"times: {result['seconds']}; load average {result['machine'].get('load_average_1_5_15')}")

@@ -51,7 +51,7 @@ def validate(env: NnunetEnv, *extra: str, check: bool = True):
 def student_inputs_differ(env: NnunetEnv, case: str) -> bool:
     """Whether nnU-Net's 4-channel preprocessed student channels differ from preprocessing the 2 files alone."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.training.dataloading.utils import infer_dataset_class
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     model = env.model_folder(KD)
