@@ -69,9 +69,6 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     projector_dim: int = 64
     #: Stop Barlow Twins gradients into the teacher (the teacher then learns from its own DS loss only).
     detach_teacher_in_barlow: bool = False
-    #: Final validation from the raw student files through nnU-Net's predictor (the Dice users get), see
-    #: :mod:`nnunet_kd.trainers.deployment_validation`; False: from the 4-channel preprocessed arrays.
-    validate_from_raw_files: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -267,6 +264,10 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
             if self.local_rank == 0:
                 plot_kd_progress(self.logger.get_checkpoint(), os.path.join(self.output_folder, "progress_kd.png"))
         super().on_epoch_end()
+
+    #: Final validation from the raw student files through nnU-Net's predictor (the Dice users get), see
+    #: :mod:`nnunet_kd.trainers.deployment_validation`; False: from the 4-channel preprocessed arrays.
+    validate_from_raw_files: bool = True
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """The student's final validation (limited-modality Dice), by default through the deployment path.
