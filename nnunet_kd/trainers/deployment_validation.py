@@ -133,6 +133,8 @@ def validate_through_deployment(trainer, save_probabilities: bool = False) -> di
             trainer.dataset_json["file_ending"],
             label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels,
             label_manager.ignore_label, chill=True, num_processes=default_num_processes)
+        summary = tmp / "summary.json"  # name the final folder, not the staging one, in prediction_file
+        summary.write_text(summary.read_text().replace(str(tmp), str(target)))
     for label in metrics["mean"]:
         trainer.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
     trainer.logger.log_summary("final_val/foreground_dice", metrics["foreground_mean"]["Dice"])
