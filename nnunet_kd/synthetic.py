@@ -471,3 +471,38 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
             case = make_case(case_seed(seed, i), shape, labeled=i < n_cases, resection_cavity=spec.resection_cavity)
             _write_case(case, tmp / ids[i], ids[i], spec)
     return ids
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+def add_low_signal_rim(dataset: str | Path, suffixes: tuple[str, ...] = ("_0000", "_0002"), width: int = 1,
+                       margin: int = 3, level: float = 0.03, file_ending: str = ".nii.gz") -> int:
+    """Make an nnU-Net raw dataset's modalities differ in non-zero extent: a thin low-signal rim in T1/T2.
+
+    Every image and label of ``dataset`` (``imagesTr``, ``imagesTs``, ``labelsTr``) is first padded with
+    ``margin`` zero voxels on each side (origin shifted, so the anatomy stays where it was; synthetic brains fill
+    their grid, BraTS brains do not), then the ``suffixes`` images (default T1 ``_0000`` and T2 ``_0002``) get a
+    ``width``-voxel rim just outside their non-zero region, of ``level`` x the median of their non-zero voxels: like
+    a skull-stripping mask that is a little wider for T1/T2 than for T1ce/FLAIR. nnU-Net's crop and normalisation
+    of such a case then differ between all four channels and a two-channel student's (``docs/kd_trainer.md``).
+    Files are rewritten in place; returns the number of images given a rim.
+    """
+    import SimpleITK as sitk
+
+    dataset = Path(dataset)
+    changed = 0
+    for sub in ("imagesTr", "imagesTs", "labelsTr"):
+        for path in sorted((dataset / sub).glob(f"*{file_ending}")) if (dataset / sub).is_dir() else []:
+            image = sitk.ConstantPad(sitk.ReadImage(str(path)), [margin] * 3, [margin] * 3, 0)
+            if sub.startswith("images") and any(path.name.endswith(f"{s}{file_ending}") for s in suffixes):
+                array = sitk.GetArrayFromImage(image)
+                inside = array != 0
+                rim = ndimage.binary_dilation(inside, iterations=width) & ~inside
+                array = array.copy()
+                array[rim] = level * float(np.median(array[inside]))
+                padded = sitk.GetImageFromArray(array)
+                padded.CopyInformation(image)
+                image = padded
+                changed += 1
+            sitk.WriteImage(image, str(path))
+    return changed

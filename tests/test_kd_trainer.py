@@ -44,8 +44,7 @@ def copy_channels(env: NnunetEnv, dest: Path, suffixes: tuple[str, ...]) -> list
 
 @pytest.fixture(scope="module")
 def kd_run(nnunet_env: NnunetEnv) -> Path:
-    train(nnunet_env, KD)
-    return nnunet_env.model_folder(KD)
+    return nnunet_env.ensure_trained(KD)  # shared with test_deployment_validation.py
 
 
 def test_kd_training_writes_student_model_folder(kd_run: Path):
@@ -85,7 +84,8 @@ def test_checkpoint_holds_two_channel_student_and_four_channel_teacher(kd_run: P
 
 def test_final_validation_is_the_students_limited_modality_dice(nnunet_env: NnunetEnv, kd_run: Path):
     log = next((kd_run / "fold_0").glob("training_log_*.txt")).read_text()
-    assert "shape torch.Size([2," in log  # validation cases reach the student with 2 channels
+    assert "final validation of the student from its raw files (T1ce (_0001), FLAIR (_0003))" in log
+    assert "_0001.nii.gz, " in log and "_0000.nii.gz" not in log  # the student's 2 files per validation case
     assert "Teacher pseudo dice" in log
     validation = kd_run / "fold_0" / "validation"
     summary = json.loads((validation / "summary.json").read_text())

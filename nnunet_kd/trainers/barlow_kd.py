@@ -41,6 +41,7 @@ from nnunet_kd.subsets.modalities import (
     student_dataset_json,
     student_plans,
 )
+from nnunet_kd.trainers.deployment_validation import validate_through_deployment
 from nnunet_kd.trainers.kd_progress import plot_kd_progress
 from nnunet_kd.trainers.student_channels import student_channel_dataset
 
@@ -264,8 +265,20 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
                 plot_kd_progress(self.logger.get_checkpoint(), os.path.join(self.output_folder, "progress_kd.png"))
         super().on_epoch_end()
 
+    #: Final validation from the raw student files through nnU-Net's predictor (the Dice users get), see
+    #: :mod:`nnunet_kd.trainers.deployment_validation`; False: from the 4-channel preprocessed arrays.
+    validate_from_raw_files: bool = True
+
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation, with the student on its channels only (the limited-modality Dice)."""
+        """The student's final validation (limited-modality Dice), by default through the deployment path.
+
+        ``validate_from_raw_files`` (default): each validation case is predicted from its raw student files as
+        ``nnUNetv2_predict`` would (:mod:`nnunet_kd.trainers.deployment_validation`). False: nnU-Net's validation
+        on the student's channels of the preprocessed 4-channel arrays (cropped/normalised with all channels).
+        """
+        if self.validate_from_raw_files:
+            validate_through_deployment(self, save_probabilities)
+            return
         full_dataset_class = self.dataset_class
         self.dataset_class = student_channel_dataset(full_dataset_class, self.student_subset.indices)
         try:

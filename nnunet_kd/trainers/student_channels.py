@@ -1,8 +1,9 @@
 """A view of nnU-Net's preprocessed dataset class that yields only a student's channels.
 
-Used for the final validation of student models: nnU-Net loads each validation case through
-``dataset_class.load_case`` and predicts it with ``self.network``; the view drops the channels the student does not
-take, so the reported validation Dice is the limited-modality Dice.
+Used for the final validation of student models when ``validate_from_raw_files`` is False (by default they are
+validated from the raw files instead, :mod:`nnunet_kd.trainers.deployment_validation`): nnU-Net loads each
+validation case through ``dataset_class.load_case`` and predicts it with ``self.network``; the view drops the
+channels the student does not take. The remaining channels were cropped and normalised with all four.
 """
 
 from __future__ import annotations
