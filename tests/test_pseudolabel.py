@@ -136,25 +136,39 @@ def test_invalid_part_ids():
         pl.split_cases(["a"], 0, 0)
 
 
-def _part(num_parts: int, part_id: int, cases: dict[str, str], all_cases: list[str]) -> dict:
-    return {"images": "/x", "file_ending": ".nii.gz", "members": [{"model_folder": "/m", "fold": "0"}],
-            "all_cases": all_cases, "num_parts": num_parts, "part_id": part_id, "save_probabilities": False,
-            "min_foreground_voxels": 1,
-            "cases": {c: {"status": s, "foreground_voxels": 0, "region_voxels": {}, "message": ""}
-                      for c, s in cases.items()}}
+def _part(num_parts: int, part_id: int, cases: dict[str, str], all_cases: list[str], out: Path | None = None,
+          **changes) -> dict:
+    """A part report as run_pseudolabel writes it; with ``out``, the labels it describes are written too."""
+    infos = {}
+    for c, s in cases.items():
+        sha = ""
+        if out is not None and s != pl.STATUS_UNUSABLE:
+            (out / "labels").mkdir(parents=True, exist_ok=True)
+            label = out / "labels" / f"{c}.nii.gz"
+            label.write_bytes(f"label of {c}".encode())
+            sha = pl.file_sha256(label)
+        infos[c] = {"status": s, "foreground_voxels": 0, "region_voxels": {}, "message": "", "label_sha256": sha}
+    report = {"format": pl.REPORT_FORMAT, "images": "/x", "file_ending": ".nii.gz",
+              "members": [{"model_folder": "/m", "fold": "0"}],
+              "models": [{"model_folder": "/m", "folds": ["0"]}], "folds": ["0"], "all_cases": all_cases,
+              "num_parts": num_parts, "part_id": part_id, "save_probabilities": False, "min_foreground_voxels": 1,
+              "checkpoint": "checkpoint_final.pth", "use_mirroring": True, "tile_step_size": 0.5, "cases": infos}
+    report.update(changes)
+    return report
 
 
 def test_merge_parts_checks_completeness(tmp_path: Path):
     all_cases = ["a", "b", "c"]
     parts = tmp_path / "parts"
     parts.mkdir()
-    (parts / "part_0_of_2.json").write_text(json.dumps(_part(2, 0, {"a": "ok", "c": "empty"}, all_cases)))
+    (parts / "part_0_of_2.json").write_text(json.dumps(_part(2, 0, {"a": "ok", "c": "empty"}, all_cases, tmp_path)))
     with pytest.raises(InputDataError, match=r"parts \[1\]"):
         pl.merge_parts(tmp_path)
-    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok", "c": "ok"}, all_cases)))
+    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok", "c": "ok"}, all_cases, tmp_path)))
     with pytest.raises(InputDataError, match="case c appears in parts 0 and 1"):
         pl.merge_parts(tmp_path)
-    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok"}, all_cases)))
+    (parts / "part_0_of_2.json").write_text(json.dumps(_part(2, 0, {"a": "ok", "c": "empty"}, all_cases, tmp_path)))
+    (parts / "part_1_of_2.json").write_text(json.dumps(_part(2, 1, {"b": "ok"}, all_cases, tmp_path)))
     merged = pl.merge_parts(tmp_path)
     assert merged["ok"] == ["a", "b"] and merged["rejected"] == {"c": "empty"}
     assert merged["cases"]["b"]["part"] == 1
