@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -374,7 +375,7 @@ def test_pseudolabel_two_parts_with_real_models(nnunet_env: NnunetEnv, tmp_path:
     assert sorted(merged["cases"]) == cases and len(merged["members"]) == 2
 
     for case in cases:
-        member_files = [out / "members" / f"{m.name}__fold_0" / f"{case}.npz" for m in models]
+        member_files = [out / "members" / pl.EnsembleMember(m.resolve(), "0").tag / f"{case}.npz" for m in models]
         mean = np.mean([np.load(f)["probabilities"].astype(np.float32) for f in member_files], axis=0)
         saved = np.load(out / "probabilities" / f"{case}.npz")["probabilities"].astype(np.float32)
         np.testing.assert_allclose(saved, mean, atol=1e-3)
@@ -389,6 +390,37 @@ def test_pseudolabel_two_parts_with_real_models(nnunet_env: NnunetEnv, tmp_path:
         np.testing.assert_array_equal(seg, expected)
         status = merged["cases"][case]["status"]
         assert status == (pl.STATUS_OK if (seg > 0).any() else pl.STATUS_EMPTY)
+
+
+@pytest.mark.slow
+def test_same_named_models_in_two_results_roots_both_count(nnunet_env: NnunetEnv, tmp_path: Path):
+    """The cascaded U-Net copied under the U-Net's folder name in another results root: two distinct members whose
+    mean is the label; a rerun with one model replaces the report instead of keeping the stale one."""
+    unet, cascaded = (nnunet_env.ensure_trained(t) for t in ("nnUNetTrainerUNet_smoke",
+                                                               "nnUNetTrainerCascadedUNet_smoke"))
+    twin = tmp_path / "other_results" / nnunet_env.dataset_name / unet.name
+    twin.parent.mkdir(parents=True)
+    shutil.copytree(cascaded, twin)
+    images = nnunet_env.dataset_raw / "imagesTs"
+    out = tmp_path / "pseudo"
+    nnunet_env.run(str(BIN / "nnunet-kd"), "pseudolabel", "-i", str(images), "-o", str(out), "--models",
+                   str(unet), str(twin), "--fold", "0", "-device", "cpu", "--keep-member-predictions",
+                   "--save-probabilities", "--disable-tta", "--no-progress")
+    member_dirs = sorted((out / "members").iterdir())
+    assert len(member_dirs) == 2 and all(d.name.startswith(unet.name) for d in member_dirs)
+    report = json.loads((out / pl.REPORT_NAME).read_text())
+    assert report["folds"] == ["0"] and len(report["models"]) == 2
+    for case in report["cases"]:
+        members = [np.load(d / f"{case}.npz")["probabilities"].astype(np.float32) for d in member_dirs]
+        assert not np.allclose(members[0], members[1])  # two different networks, not one counted twice
+        saved = np.load(out / "probabilities" / f"{case}.npz")["probabilities"].astype(np.float32)
+        np.testing.assert_allclose(saved, (members[0] + members[1]) / 2, atol=1e-3)
+
+    nnunet_env.run(str(BIN / "nnunet-kd"), "pseudolabel", "-i", str(images), "-o", str(out), "--models",
+                   f"{unet}:0", "-device", "cpu", "--disable-tta", "--no-progress")
+    rerun = json.loads((out / pl.REPORT_NAME).read_text())
+    assert [m["model_folder"] for m in rerun["models"]] == [str(unet.resolve())]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["part_0_of_1.json"]
 
 
 def test_subprocess_console_script_help():
