@@ -367,7 +367,9 @@ def ensemble_case(case: str, member_dirs: Sequence, out_dir: Path, label_manager
         tmp = _temp_name(prob_dir / f"{case}.npz")
         np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16))
         os.replace(tmp, prob_dir / f"{case}.npz")
-        shutil.copyfile(first.with_suffix(".pkl"), prob_dir / f"{case}.pkl")
+        tmp = _temp_name(prob_dir / f"{case}.pkl")
+        shutil.copyfile(first.with_suffix(".pkl"), tmp)
+        os.replace(tmp, prob_dir / f"{case}.pkl")
     from nnunet_kd.brats import REGION_ABBREVIATIONS, region_masks
 
     regions = {REGION_ABBREVIATIONS[k]: int(v.sum()) for k, v in region_masks(seg).items()}
@@ -538,6 +540,7 @@ def merge_parts(output_dir: str | Path) -> dict:
     """
     output_dir = Path(output_dir)
     parts_dir = output_dir / "parts"
+    remove_stale_temp_files(output_dir)
     files = sorted(parts_dir.glob("part_*_of_*.json"))
     if not files:
         raise InputDataError(f"no part reports in {parts_dir}; run `nnunet-kd pseudolabel` first")
