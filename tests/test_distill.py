@@ -323,3 +323,4 @@ def test_distill_end_to_end_with_nnunetv2_train(nnunet_env: NnunetEnv, tmp_path:
     assert validated == set(splits[0]["val"])
     log = "".join(p.read_text() for p in fold0.glob("training_log_*.txt"))
     assert f"({len(pseudo_cases)} pseudo-labelled)" in log
+    assert "WARNING: fold 0" not in log  # fold-0 members only: the clean protocol, no leak warning
