@@ -214,6 +214,7 @@ def test_train_step_weights_pseudo_labelled_samples_and_split_follows_the_fold(n
     real = sorted(trainer.dataset_class.get_identifiers(trainer.preprocessed_dataset_folder))
     trainer.dataset_json[PSEUDO_LABELLED_KEY] = real[:2]
     batch = random_batch(trainer)
+    batch["target"] = [torch.cat([t[:1] * 0, t[1:]]) for t in batch["target"]]  # sample 0 without tumour
     reference = nnUNetTrainer._build_loss(trainer)  # stock DC + BCE with deep supervision, no weighting
     trainer.network.train()
     with torch.no_grad():
