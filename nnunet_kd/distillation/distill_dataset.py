@@ -230,13 +230,14 @@ def build_distill_dataset(source: str | int | Path, pseudolabels: str | Path | S
     if source_dir.resolve() in [p.resolve() for p in existing]:
         raise ConfigurationError("the distillation dataset cannot replace its own source dataset")
 
+    pseudo_sets = _pseudo_sets(folders)  # reports first: a bad report is named before the source is listed
     labelled = get_filenames_of_train_images_and_targets(str(source_dir), source_json)
     allowed = label_values(source_json)
     keep_status = {STATUS_OK, STATUS_EMPTY} if include_empty else {STATUS_OK}
     per_fold = len(folders) > 1
     plan = []  # (new id, original case, images, label, sha256, report path)
     sets, left_out, members = [], {}, []
-    for pseudo_dir, report, fold in _pseudo_sets(folders):
+    for pseudo_dir, report, fold in pseudo_sets:
         if report["file_ending"] != file_ending:
             raise ConfigurationError(f"pseudo-labels in {pseudo_dir} are {report['file_ending']} files, {source_dir} "
                                      f"uses {file_ending}")
