@@ -244,10 +244,16 @@ if ! skipped architectures; then   # seed 001: stand-alone models, ensemble, pse
   if ! skipped distill; then
     [ "$DRY_RUN" = 1 ] || [ -n "$(ls -A "$UNLABELED" 2>/dev/null)" ] || die "no unlabelled cases in $UNLABELED: set UNLABELED_EVERY, \
 add a release without labels to SOURCE, or SKIP=distill"
-    step pseudolabel nnunet-kd pseudolabel -i "$UNLABELED" -o "$WORK/pseudolabels" --models "${MODELS[@]}" \
-      --save-probabilities "${PSEUDO_OPTS[@]}"
+    # per-fold pseudo-labels (members of fold F only): the distilled model's fold F never learns from a teacher
+    # that trained on fold F's validation cases
+    PSEUDO_DIRS=()
+    for F in $FOLDS; do
+      step "pseudolabel_fold$F" nnunet-kd pseudolabel -i "$UNLABELED" -o "$WORK/pseudolabels/fold_$F" \
+        --models "${MODELS[@]}" --fold "$F" --save-probabilities "${PSEUDO_OPTS[@]}"
+      PSEUDO_DIRS+=("$WORK/pseudolabels/fold_$F")
+    done
     EMPTY=(); [ "$INCLUDE_EMPTY" = 1 ] && EMPTY=(--include-empty)
-    step distill_dataset nnunet-kd make-distill-dataset -s "$DATASET_ID" -p "$WORK/pseudolabels" -d "$DISTILL_ID" \
+    step distill_dataset nnunet-kd make-distill-dataset -s "$DATASET_ID" -p "${PSEUDO_DIRS[@]}" -d "$DISTILL_ID" \
       -n "${NAME}Distill" --overwrite "${EMPTY[@]}"
     step distill_plans planning nnUNetv2_plan_and_preprocess -d "$DISTILL_ID" --no_pp -np "$NUM_PROCESSES" \
       -npfp "$NUM_PROCESSES"

@@ -125,8 +125,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     write(src / "labelsTr" / "L1.nii.gz", seg)
     (src / "dataset.json").write_text(json.dumps(dataset_json))
     write(w.root / "pl_ok" / "labels" / "A.nii.gz", seg)
+    from nnunet_kd.distillation.pseudolabel import REPORT_FORMAT, file_sha256
+
     (w.root / "pl_ok" / "pseudolabels.json").write_text(json.dumps(
-        {"images": str(w.images), "file_ending": ".nii.gz", "members": [], "cases": {"A": {"status": "ok"}}}))
+        {"format": REPORT_FORMAT, "images": str(w.images), "file_ending": ".nii.gz", "members": [], "folds": ["0"],
+         "cases": {"A": {"status": "ok", "label_sha256": file_sha256(w.root / "pl_ok" / "labels" / "A.nii.gz")}},
+         "rejected": {}}))
     # evaluation outputs for report: good and with a malformed summary.json
     assert main(["evaluate", str(w.preds), str(w.gt), "-o", str(w.eval_ok), "-np", "1", "--no-progress"]) == 0
     shutil.copytree(w.eval_ok, w.eval_bad)

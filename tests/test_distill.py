@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -10,16 +11,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import BIN, NnunetEnv
+from conftest import BIN, NnunetEnv, random_batch
 from nnunet_kd.brats import make_dataset_json
 from nnunet_kd.cli import main
 from nnunet_kd.distillation.distill_dataset import (
     PROVENANCE_KEY,
+    PSEUDO_LABEL_SETS_KEY,
     PSEUDO_LABELLED_KEY,
     build_distill_dataset,
+    pseudo_cases_for_fold,
     pseudo_labelled_cases,
 )
-from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
 
 
 def _write(path: Path, value: int = 0) -> None:
@@ -41,16 +44,27 @@ def make_raw(root: Path, labelled: list[str], unlabelled: list[str]) -> Path:
     return raw
 
 
-def make_pseudo(root: Path, images: Path, statuses: dict[str, str]) -> Path:
-    out = root / "pseudo"
+def make_pseudo(root: Path, images: Path, statuses: dict[str, str], folds=("0",), name: str = "pseudo") -> Path:
+    """A pseudolabel output folder as `nnunet-kd pseudolabel` leaves it (labels + merged report with checksums)."""
+    from nnunet_kd.distillation.pseudolabel import REPORT_FORMAT, file_sha256
+
+    out = root / name
     (out / "labels").mkdir(parents=True)
+    cases = {}
     for case, status in statuses.items():
+        sha = ""
         if status != "unusable":
             _write(out / "labels" / f"{case}.nii.gz", 3 if status == "ok" else 0)
-    report = {"images": str(images), "file_ending": ".nii.gz", "members": [{"model_folder": "/m", "fold": "0"}],
+            sha = file_sha256(out / "labels" / f"{case}.nii.gz")
+        cases[case] = {"status": status, "foreground_voxels": 27 if status == "ok" else 0, "region_voxels": {},
+                       "message": "", "part": 0, "label_sha256": sha}
+    members = [{"model_folder": f"/m{i}", "fold": f} for i in range(2) for f in folds]
+    report = {"format": REPORT_FORMAT, "images": str(images), "file_ending": ".nii.gz", "members": members,
+              "models": [{"model_folder": f"/m{i}", "folds": list(folds)} for i in range(2)], "folds": sorted(folds),
               "num_parts": 1, "save_probabilities": False, "min_foreground_voxels": 1,
-              "cases": {c: {"status": s, "foreground_voxels": 27 if s == "ok" else 0, "region_voxels": {},
-                            "message": "", "part": 0} for c, s in statuses.items()}}
+              "checkpoint": "checkpoint_final.pth", "cases": cases,
+              "ok": sorted(c for c, s in statuses.items() if s == "ok"),
+              "rejected": {c: s for c, s in statuses.items() if s != "ok"}}
     (out / "pseudolabels.json").write_text(json.dumps(report))
     return out
 
@@ -68,8 +82,9 @@ def test_distill_dataset_layout_and_record(tmp_path: Path):
     names = sorted(p.name for p in (target / "imagesTr").iterdir())
     assert names == sorted(f"{c}_{ch:04d}.nii.gz" for c in ("L1", "L2", "U1") for ch in range(4))
     assert sorted(p.name for p in (target / "labelsTr").iterdir()) == ["L1.nii.gz", "L2.nii.gz", "U1.nii.gz"]
-    link = target / "labelsTr" / "U1.nii.gz"
-    assert link.is_symlink() and link.resolve() == (pseudo / "labels" / "U1.nii.gz").resolve()
+    label = target / "labelsTr" / "U1.nii.gz"  # labels are copies: a later pseudolabel run cannot change them
+    assert not label.is_symlink() and label.read_bytes() == (pseudo / "labels" / "U1.nii.gz").read_bytes()
+    assert (target / "imagesTr" / "U1_0000.nii.gz").is_symlink()
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / "U1_0002.nii.gz"))).max() == 2
     assert not [p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")]  # no temp folder left
 
@@ -94,6 +109,142 @@ def test_distill_dataset_errors(tmp_path: Path, capsys, monkeypatch):
     assert code == 2 and len(err) == 1 and "pseudolabels.json" in err[0]
 
 
+def _rewrite_label(pseudo: Path, case: str, array: np.ndarray | None = None, data: bytes | None = None,
+                   update_report: bool = True) -> Path:
+    from nnunet_kd.distillation.pseudolabel import file_sha256
+
+    label = pseudo / "labels" / f"{case}.nii.gz"
+    if array is not None:
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(label))
+    if data is not None:
+        label.write_bytes(data)
+    if update_report:  # the report describes the bad file: the label check itself must catch it
+        report = json.loads((pseudo / "pseudolabels.json").read_text())
+        report["cases"][case]["label_sha256"] = file_sha256(label)
+        (pseudo / "pseudolabels.json").write_text(json.dumps(report))
+    return label
+
+
+BAD_LABELS = {
+    "truncated": (lambda p: _rewrite_label(p, "U1", data=gzip.compress(gzip.decompress(
+        (p / "labels" / "U1.nii.gz").read_bytes())[:-10])), "truncated"),  # voxel data cut short, header intact
+    "non-integer": (lambda p: _rewrite_label(p, "U1", np.full((3, 3, 3), 1.5, dtype=np.float32)),
+                    "non-integer label values 1.5"),
+    "out-of-range": (lambda p: _rewrite_label(p, "U1", np.full((3, 3, 3), 7, dtype=np.uint8)), "[7]"),
+    "wrong-shape": (lambda p: _rewrite_label(p, "U1", np.full((4, 3, 3), 1, dtype=np.uint8)), "shape"),
+    "changed-after-report": (lambda p: _rewrite_label(p, "U1", np.full((3, 3, 3), 2, dtype=np.uint8),
+                                                      update_report=False), "not the file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LABELS))
+def test_bad_pseudo_labels_are_refused_by_the_cli(tmp_path: Path, kind: str):
+    import os
+    import subprocess
+
+    raw = make_raw(tmp_path, ["L1"], ["U1", "U2"])
+    pseudo = make_pseudo(tmp_path, raw / "imagesTs", {"U1": "ok", "U2": "ok"})
+    corrupt, words = BAD_LABELS[kind]
+    label = corrupt(pseudo)
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_results=str(tmp_path / "res"))
+    proc = subprocess.run([str(BIN / "nnunet-kd"), "make-distill-dataset", "-s", "601", "-p", str(pseudo), "-d",
+                           "602"], capture_output=True, text=True, env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "case U1" in lines[0] and str(label) in lines[0] and words in lines[0], lines[0]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset601_Src"]  # nothing left behind
+
+
+def test_stale_report_of_an_older_version_is_refused(tmp_path: Path):
+    raw = make_raw(tmp_path, ["L1"], ["U1"])
+    pseudo = make_pseudo(tmp_path, raw / "imagesTs", {"U1": "ok"})
+    report = json.loads((pseudo / "pseudolabels.json").read_text())
+    del report["format"]
+    (pseudo / "pseudolabels.json").write_text(json.dumps(report))
+    with pytest.raises(InputDataError, match="older nnunet-kd"):
+        build_distill_dataset(raw, pseudo, 602, raw_root=tmp_path / "raw")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset601_Src"]
+
+
+def test_per_fold_pseudo_labels_train_only_their_fold(tmp_path: Path):
+    raw = make_raw(tmp_path, ["L1", "L2"], ["U1", "U2"])
+    p0 = make_pseudo(tmp_path, raw / "imagesTs", {"U1": "ok", "U2": "ok"}, folds=("0",), name="p0")
+    p1 = make_pseudo(tmp_path, raw / "imagesTs", {"U1": "ok", "U2": "empty"}, folds=("1",), name="p1")
+    target = build_distill_dataset(raw, [p0, p1], 602, raw_root=tmp_path / "raw")
+    meta = json.loads((target / "dataset.json").read_text())
+    assert pseudo_labelled_cases(meta) == ["U1__plfold0", "U1__plfold1", "U2__plfold0"]
+    assert [(s["fold"], s["cases"]) for s in meta[PSEUDO_LABEL_SETS_KEY]] == [
+        ("0", ["U1__plfold0", "U2__plfold0"]), ("1", ["U1__plfold1"])]
+    assert (target / "imagesTr" / "U1__plfold1_0003.nii.gz").is_file()
+    assert pseudo_cases_for_fold(meta, 0) == (["U1__plfold0", "U2__plfold0"], None)
+    assert pseudo_cases_for_fold(meta, "1") == (["U1__plfold1"], None)
+    assert pseudo_cases_for_fold(meta, "all")[0] == pseudo_labelled_cases(meta)
+    with pytest.raises(ConfigurationError, match="not for fold 2.*--fold 2"):
+        pseudo_cases_for_fold(meta, 2)
+
+    shared = make_pseudo(tmp_path, raw / "imagesTs", {"U1": "ok"}, folds=("0", "1", "2", "3", "4"), name="all")
+    with pytest.raises(ConfigurationError, match="one fold"):
+        build_distill_dataset(raw, [p0, shared], 603, raw_root=tmp_path / "raw")
+    with pytest.raises(ConfigurationError, match="both pseudo-labels of fold 0"):
+        build_distill_dataset(raw, [p0, p0], 603, raw_root=tmp_path / "raw")
+    leaky = json.loads((build_distill_dataset(raw, shared, 603, raw_root=tmp_path / "raw") / "dataset.json")
+                       .read_text())
+    cases, warning = pseudo_cases_for_fold(leaky, 0)
+    assert cases == ["U1"] and "\n" not in warning
+    assert "fold 0 trains on pseudo-labels from ensemble members of fold(s) 1, 2, 3, 4" in warning
+    one_fold = json.loads((build_distill_dataset(raw, p0, 604, raw_root=tmp_path / "raw") / "dataset.json")
+                          .read_text())
+    assert pseudo_cases_for_fold(one_fold, 0) == (["U1", "U2"], None)
+    assert "members of fold(s) 0" in pseudo_cases_for_fold(one_fold, 3)[1]
+
+
+def test_train_step_weights_pseudo_labelled_samples_and_split_follows_the_fold(nnunet_env: NnunetEnv, monkeypatch,
+                                                                               tmp_path: Path):
+    """Inside the real trainer: the loss train_step returns is the per-sample loss weighted 0.5 for the sample whose
+    key is pseudo-labelled (reference: nnU-Net's stock region loss per sample, weighted by hand); do_split trains
+    fold 0 on fold 0's pseudo-labels only and warns once, in one line, for a shared set of other folds' members."""
+    import copy
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = nnunet_env.make_trainer("nnUNetTrainerDistill_PseudoWeight05_smoke", monkeypatch)
+    trainer.log_file = str(tmp_path / "log.txt")
+    trainer.initialize()
+    real = sorted(trainer.dataset_class.get_identifiers(trainer.preprocessed_dataset_folder))
+    trainer.dataset_json[PSEUDO_LABELLED_KEY] = real[:2]
+    batch = random_batch(trainer)
+    batch["target"] = [torch.cat([t[:1] * 0, t[1:]]) for t in batch["target"]]  # sample 0 without tumour
+    reference = nnUNetTrainer._build_loss(trainer)  # stock DC + BCE with deep supervision, no weighting
+    trainer.network.train()
+    with torch.no_grad():
+        output = trainer.network(batch["data"])
+        per_sample = [float(reference([o[i:i + 1] for o in output], [t[i:i + 1] for t in batch["target"]]))
+                      for i in range(2)]
+    assert abs(per_sample[0] - per_sample[1]) > 1e-3  # the weighting is visible
+    network, optimizer = copy.deepcopy(trainer.network.state_dict()), copy.deepcopy(trainer.optimizer.state_dict())
+    for keys, weights in (([real[0], real[5]], (0.5, 1.0)), ([real[5], real[1]], (1.0, 0.5)),
+                          ([real[5], real[6]], (1.0, 1.0))):
+        trainer.network.load_state_dict(network)
+        trainer.optimizer.load_state_dict(optimizer)
+        loss = float(trainer.train_step(dict(batch, keys=keys))["loss"])
+        expected = (weights[0] * per_sample[0] + weights[1] * per_sample[1]) / sum(weights)
+        assert loss == pytest.approx(expected, rel=1e-4), (keys, loss, expected, per_sample)
+
+    trainer.preprocessed_dataset_folder_base = str(tmp_path)  # its splits_final.json, not the shared dataset's
+    trainer.dataset_json[PSEUDO_LABEL_SETS_KEY] = [{"fold": None, "member_folds": ["0", "1", "2", "3", "4"],
+                                                    "cases": real[:2]}]
+    train, val = trainer.do_split()
+    assert set(real[:2]) <= set(train) and not set(real[:2]) & set(val)
+    trainer.do_split()
+    warnings = [ln for ln in Path(trainer.log_file).read_text().splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1 and "ensemble members of fold(s) 1, 2, 3, 4" in warnings[0]
+    trainer.dataset_json[PSEUDO_LABEL_SETS_KEY] = [{"fold": "0", "member_folds": ["0"], "cases": [real[0]]},
+                                                   {"fold": "1", "member_folds": ["1"], "cases": [real[1]]}]
+    train, val = trainer.do_split()
+    assert real[0] in train and real[1] not in train and not set(real[:2]) & set(val)
+
+
 def test_distill_split_keeps_pseudo_cases_out_of_validation():
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
@@ -116,6 +267,8 @@ def test_distill_split_keeps_pseudo_cases_out_of_validation():
     hand_made = [{"train": real[2:] + ["pseudo_1"], "val": real[:2] + ["pseudo_0"]}]
     train, val = distill_split(everything, pseudo, 0, hand_made)
     assert val == real[:2] and "pseudo_0" in train and "pseudo_1" in train
+    train, val = distill_split(everything, pseudo, 0, None, use={"pseudo_2"})  # fold 0's pseudo-labels only
+    assert set(train) & pseudo == {"pseudo_2"} and not set(val) & pseudo
 
 
 def test_per_sample_weighted_loss_hand_computation():
@@ -171,3 +324,4 @@ def test_distill_end_to_end_with_nnunetv2_train(nnunet_env: NnunetEnv, tmp_path:
     assert validated == set(splits[0]["val"])
     log = "".join(p.read_text() for p in fold0.glob("training_log_*.txt"))
     assert f"({len(pseudo_cases)} pseudo-labelled)" in log
+    assert "WARNING: fold 0" not in log  # fold-0 members only: the clean protocol, no leak warning

@@ -1,17 +1,24 @@
 """Students of seed 001's model distillation: train on labelled + pseudo-labelled cases, validate on real labels only.
 
 :class:`DistillSplitMixin` works with any trainer (put it first in the bases). Its ``do_split`` reads the
-pseudo-labelled case ids that ``nnunet-kd make-distill-dataset`` recorded in dataset.json and
+pseudo-labelled case ids and pseudo-label sets that ``nnunet-kd make-distill-dataset`` recorded in dataset.json and
 
 * builds (or reads) ``splits_final.json`` as a 5-fold split of the *real* cases only - the same folds nnU-Net made
-  for the teacher models on the original dataset, because the real cases keep their identifiers;
-* puts every pseudo-labelled case in the training set of every fold (also when a hand-made split file lists one
-  in a validation set), so fold Dice is measured on real labels and comparable with the teachers';
+  for the teacher models on the original dataset when those used nnU-Net's default split, because the real cases
+  keep their identifiers;
+* trains fold *k* on its real training cases plus the pseudo-labelled cases meant for fold *k*
+  (:func:`nnunet_kd.distillation.distill_dataset.pseudo_cases_for_fold`): with per-fold pseudo-labels (one folder
+  per fold, members of that fold only) exactly fold *k*'s, so no teacher that saw fold *k*'s validation cases
+  labelled the student's training data; with one shared set, that set, and a one-line warning in the log when its
+  members include folds other than *k* (those teachers trained on fold *k*'s validation cases, so the fold's
+  validation Dice is optimistic);
+* never validates on a pseudo-labelled case (also when a hand-made split file lists one in a validation set), so
+  fold Dice is measured on real labels;
 * ``fold all`` trains on everything and validates on the real cases.
 
 ``pseudo_label_weight`` (class attribute, default 1) weights the segmentation loss of pseudo-labelled samples
-within a batch (per-sample loss, weighted mean; with ``batch_dice`` plans the Dice becomes per sample).
-Soft-label (probability) targets are not implemented.
+within a batch (per-sample loss, weighted mean; with ``batch_dice`` plans the Dice becomes per sample). The weights
+are set from the batch's ``keys`` inside ``train_step``. Soft-label (probability) targets are not implemented.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 from torch import nn
 
-from nnunet_kd.distillation.distill_dataset import PSEUDO_LABELLED_KEY, pseudo_labelled_cases
+from nnunet_kd.distillation.distill_dataset import PSEUDO_LABELLED_KEY, pseudo_cases_for_fold, pseudo_labelled_cases
 from nnunet_kd.errors import ConfigurationError
 from nnunet_kd.trainers.architectures import (
     AuxiliaryLoss,
@@ -41,10 +48,12 @@ SPLIT_SEED, N_FOLDS = 12345, 5
 
 
 def distill_split(all_cases: list[str], pseudo: set[str], fold: int | str,
-                  splits: list[dict] | None) -> tuple[list[str], list[str]]:
-    """(train, val) of ``fold``: real cases split by ``splits`` (or nnU-Net's default 5 folds), pseudo always train."""
+                  splits: list[dict] | None, use: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """(train, val) of ``fold``: real cases split by ``splits`` (or nnU-Net's default 5 folds); the pseudo-labelled
+    cases in ``use`` (default: all of ``pseudo``) train, the others are left out; no pseudo case validates."""
     real = sorted(c for c in all_cases if c not in pseudo)
-    pseudo_present = sorted(c for c in all_cases if c in pseudo)
+    wanted = pseudo if use is None else use
+    pseudo_present = sorted(c for c in all_cases if c in pseudo and c in wanted)
     if fold == "all":
         return real + pseudo_present, real
     if splits is None:
@@ -110,7 +119,11 @@ class DistillSplitMixin:
                 splits = generate_crossval_split(real, seed=SPLIT_SEED, n_splits=N_FOLDS)
                 self.print_to_log_file("Creating a 5-fold split of the real cases only:", splits_file)  # type: ignore
                 save_json(splits, splits_file)
-        train, val = distill_split(all_cases, pseudo, self.fold, splits)  # type: ignore[attr-defined]
+        use, warning = pseudo_cases_for_fold(self.dataset_json, self.fold)  # type: ignore[attr-defined]
+        if warning and not getattr(self, "_leak_warned", False):
+            self.print_to_log_file(warning)  # type: ignore[attr-defined]
+            self._leak_warned = True
+        train, val = distill_split(all_cases, pseudo, self.fold, splits, set(use))  # type: ignore[attr-defined]
         n_pseudo = len(set(train) & pseudo)
         self.print_to_log_file(f"Distillation split, fold {self.fold}: {len(train)} training cases "  # type: ignore
                                f"({n_pseudo} pseudo-labelled), {len(val)} validation cases (real labels only)")
