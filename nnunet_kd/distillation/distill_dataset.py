@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_kd.dataset_conversion._io import geometry_mismatch, read_image, staged_folder
+from nnunet_kd.dataset_conversion._io import geometry_mismatch, read_image
 from nnunet_kd.dataset_conversion.convert import dataset_folder_name, existing_datasets
 from nnunet_kd.distillation.pseudolabel import STATUS_EMPTY, STATUS_OK, file_sha256, list_cases, load_report
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
-from nnunet_kd.safe_io import read_json_object
+from nnunet_kd.safe_io import read_json_object, staged_folder
 
 #: dataset.json key listing the pseudo-labelled case identifiers.
 PSEUDO_LABELLED_KEY = "nnunet_kd_pseudo_labelled"

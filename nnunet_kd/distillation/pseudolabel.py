@@ -400,7 +400,7 @@ def _say(line: str) -> None:
 
 def remove_stale_temp_files(output_dir: Path) -> list[Path]:
     """Remove ``.tmp-PID-NAME`` files that a killed run (process gone) left in OUT and its report/label folders."""
-    from nnunet_kd.dataset_conversion._io import pid_alive
+    from nnunet_kd.safe_io import pid_alive
 
     removed = []
     for folder in (output_dir, output_dir / "labels", output_dir / "probabilities", output_dir / "parts"):

@@ -36,9 +36,9 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-from nnunet_kd.dataset_conversion._io import staged_folder
 from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.paths import nnunet_raw
+from nnunet_kd.safe_io import staged_folder
 from nnunet_kd.subsets.modalities import student_plans
 
 
