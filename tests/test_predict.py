@@ -230,3 +230,44 @@ def test_predict_matches_stock_nnunet_per_group_and_continues(nnunet_env: Nnunet
     assert (out / f"{cases[2]}.nii.gz").stat().st_mtime_ns != before[cases[2]]
     assert json.loads((out / "routing.json").read_text())["cases"][cases[2]]["model_folder"] == str(
         out / "subset_models" / f"{ANY_SUBSET}_keep_T1ce_T2_FLAIR__nnUNetPlans__3d_fullres")
+
+
+# --------------------------------------------------------------------------------------------- scores per group
+
+
+def _write_seg(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+
+def test_evaluate_groups_scores_by_routing(tmp_path: Path, capsys):
+    rng = np.random.default_rng(0)
+    groups = {"A": "T1ce+FLAIR", "B": "T1ce+FLAIR", "C": "FLAIR"}  # D is not in routing.json
+    wt_dice: dict[str, float] = {}
+    for case in ("A", "B", "C", "D"):
+        gt = np.zeros((12, 12, 12), np.uint8)
+        gt[3:9, 3:9, 3:9] = rng.integers(1, 4, size=(6, 6, 6))
+        pred = np.roll(gt, rng.integers(0, 3), axis=0)
+        _write_seg(tmp_path / "gt" / f"{case}.nii.gz", gt)
+        _write_seg(tmp_path / "pred" / f"{case}.nii.gz", pred)
+        p, g = pred > 0, gt > 0
+        wt_dice[case] = 2 * (p & g).sum() / (p.sum() + g.sum())  # WT = any tumour label, plain numpy
+    routing = {"groups": [{"group": "T1ce+FLAIR"}, {"group": "FLAIR"}],
+               "cases": {c: {"group": g} for c, g in groups.items()}}
+    (tmp_path / "routing.json").write_text(json.dumps(routing))
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(out), "-np", "1",
+                 "--no-progress", "--group-by-routing", str(tmp_path / "routing.json")]) == 0
+    assert "mean per availability group" in capsys.readouterr().out
+    import csv
+
+    rows = list(csv.DictReader((out / "summary_by_group.csv").read_text().splitlines()))
+    assert [(r["group"], r["n_cases"]) for r in rows] == [("T1ce+FLAIR", "2"), ("FLAIR", "1"),
+                                                          ("(not in routing.json)", "1")]
+    expected = [np.mean([wt_dice["A"], wt_dice["B"]]), wt_dice["C"], wt_dice["D"]]
+    assert [float(r["WT_dice"]) for r in rows] == pytest.approx(expected, abs=1e-9)
+    # a malformed routing.json stops before the evaluation
+    (tmp_path / "bad.json").write_text("[]")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "eval2"), "-np",
+                 "1", "--no-progress", "--group-by-routing", str(tmp_path / "bad.json")]) == 2
+    assert not (tmp_path / "eval2").exists()

@@ -431,3 +431,62 @@ def read_routing(path: str | os.PathLike) -> dict:
     if not isinstance(record.get("cases"), dict) or not isinstance(record.get("groups"), list):
         raise InputDataError(f"{path} is not a routing.json written by nnunet-kd predict (no cases/groups)")
     return record
+
+
+# --------------------------------------------------------------------------------------------- scores per group
+
+#: Columns of ``summary_by_group.csv`` after ``group`` and ``n_cases``: mean Dice and HD95 per region.
+GROUP_SCORE_METRICS = ("dice", "hd95")
+UNROUTED = "(not in routing.json)"
+
+
+def scores_by_group(rows: Sequence[Mapping], record: Mapping) -> list[dict]:
+    """Mean Dice / HD95 per region of the evaluated cases, per availability group of a ``routing.json``.
+
+    ``rows`` are the per-case rows of :func:`nnunet_kd.evaluation.evaluate.evaluate_folders`. Groups come in
+    routing.json's order (most modalities first); evaluated cases that routing.json does not list form one more
+    group, :data:`UNROUTED`. The means are those of :func:`nnunet_kd.evaluation.evaluate.summarize` (NaN excluded).
+    """
+    from nnunet_kd.evaluation.evaluate import REGION_KEYS, summarize
+
+    cases = record.get("cases", {})
+    by_group: dict[str, list[Mapping]] = {}
+    for row in rows:
+        group = cases.get(row["case"], {}).get("group", UNROUTED)
+        by_group.setdefault(group, []).append(row)
+    order = [g["group"] for g in record.get("groups", [])] + [UNROUTED]
+    out = []
+    for group in [g for g in order if g in by_group]:
+        stats = summarize(by_group[group])
+        entry = {"group": group, "n_cases": len(by_group[group])}
+        for region in REGION_KEYS:
+            for metric in GROUP_SCORE_METRICS:
+                entry[f"{region}_{metric}"] = stats[region][metric]["mean"]
+        out.append(entry)
+    return out
+
+
+def format_scores_by_group(scores: Sequence[Mapping]) -> str:
+    """A plain-text table of :func:`scores_by_group` (Dice as a fraction, HD95 in mm)."""
+    if not scores:
+        return "no evaluated case"
+    columns = [k for k in scores[0] if k not in ("group", "n_cases")]
+    header = ["group", "cases", *columns]
+    lines = [[s["group"], str(s["n_cases"]), *(f"{s[c]:.2f}" if "hd95" in c else f"{s[c]:.4f}" for c in columns)]
+             for s in scores]
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *lines])
+
+
+def scores_by_group_csv(scores: Sequence[Mapping]) -> str:
+    """CSV text of :func:`scores_by_group` (full precision)."""
+    import csv
+    import io
+
+    if not scores:
+        return "group,n_cases\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(scores[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(scores)
+    return buf.getvalue()
