@@ -201,7 +201,7 @@ def test_predict_matches_stock_nnunet_per_group_and_continues(nnunet_env: Nnunet
             "-f", "0", "--device", "cpu", "-npp", "1", "-nps", "1",
             "--models", f"T1ce,FLAIR={kd.name}", f"T2,FLAIR={any_subset}", f"T1ce,T2,FLAIR={kd}"]
     proc = nnunet_env.run(*argv)
-    assert "3 case(s) predicted, 0 already finished" in proc.stdout
+    assert "3 case(s) predicted, 0 refused" in proc.stdout
     record = json.loads((out / "routing.json").read_text())
     exported = out / "subset_models" / f"{ANY_SUBSET}_keep_T2_FLAIR__nnUNetPlans__3d_fullres"
     assert record["cases"][cases[1]]["model_folder"] == str(exported)

@@ -183,8 +183,9 @@ def _predict(args, routes, record, previous, input_dir, out, refused) -> int:
         leftover = out / f"{case}{record.get('file_ending', '.nii.gz')}"
         if leftover.is_file():
             print(f"note: case {case} is refused now, but {leftover} from an earlier run is still there")
-    print(f"{written} case(s) predicted, {skipped} already finished (--continue), {len(refused)} refused; "
-          f"segmentations in {out}, routing in {out / 'routing.json'}")
+    finished = f", {skipped} already finished (--continue)" if args.resume else ""
+    print(f"{written} case(s) predicted{finished}, {len(refused)} refused; segmentations in {out}, routing in "
+          f"{out / 'routing.json'}")
     return EXIT_REFUSED if refused else 0
 
 
