@@ -146,7 +146,7 @@ def test_dry_run_prints_the_table_and_writes_only_routing_json(results: Path, tm
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "T1+T1ce+T2+FLAIR  1      exact" in printed and "override" in printed
-    assert "nnUNetTrainerBarlowKD_AnySubset_keep_T2_FLAIR__nnUNetPlans__3d_fullres (exported from " in printed
+    assert "  T2+FLAIR: exported from " in printed and "nnUNetTrainerBarlowKD_AnySubset_keep_T2_FLAIR__" in printed
     assert [p.name for p in out.iterdir()] == ["routing.json"]  # nothing exported, nothing predicted
     record = json.loads((out / "routing.json").read_text())
     assert record["nnunet_version"] == __import__("importlib.metadata").metadata.version("nnunetv2")

@@ -384,13 +384,14 @@ def routing_table(routes: Sequence[Route], table: Mapping[int, str]) -> str:
             rows.append((group_name(r.channels, table), str(len(r.cases)), "refused", "-", "-"))
         else:
             name = r.predict_folder.name if r.predict_folder is not None else r.model.name
-            if r.predict_folder is not None and r.predict_folder != r.model.folder:
-                name += f" (exported from {r.model.name})"
             rows.append((group_name(r.channels, table), str(len(r.cases)), r.rule or "", name,
                          ",".join(r.model.folds)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     for r in routes:
+        if r.model is not None and r.predict_folder is not None and r.predict_folder != r.model.folder:
+            lines.append(f"  {group_name(r.channels, table)}: exported from {r.model.folder} into "
+                         f"{r.predict_folder.parent}")
         for note in r.notes:
             lines.append(f"  {group_name(r.channels, table)}: {note}")
     for r in routes:
