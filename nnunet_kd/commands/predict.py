@@ -164,10 +164,12 @@ def _predict(args, routes, record, previous, input_dir, out, refused) -> int:
     for route in routes:
         if route.model is None:
             continue
-        if ensure_exported(route, args.checkpoint):
+        exported = ensure_exported(route, args.checkpoint)
+        if exported:  # new, or its source was retrained: earlier outputs of this group are not its predictions
             print(f"exported {route.model.name} for {record_group(record, route)} to {route.predict_folder}")
         ending = model_expected_inputs(route.predict_folder).file_ending
-        todo = [c for c in route.cases if not (args.resume and _finished(c, out, ending, record, previous))]
+        todo = [c for c in route.cases
+                if exported or not (args.resume and _finished(c, out, ending, record, previous))]
         skipped += len(route.cases) - len(todo)
         plans.append((route, todo))
     total = sum(len(todo) for _, todo in plans)
