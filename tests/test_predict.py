@@ -271,3 +271,16 @@ def test_evaluate_groups_scores_by_routing(tmp_path: Path, capsys):
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "eval2"), "-np",
                  "1", "--no-progress", "--group-by-routing", str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "eval2").exists()
+
+
+def test_a_superset_case_is_fed_only_its_models_files(results: Path, tmp_path: Path):
+    from nnunet_kd.subsets.routed_prediction import case_inputs
+
+    write_cases(tmp_path / "in", {"S": (T1CE, T2, FLAIR)})
+    routes, _ = routes_by_group(results, {"S": (T1CE, T2, FLAIR)}, drop=("nnUNetTrainerBarlowKD_AnySubset",))
+    route = routes["T1ce+T2+FLAIR"]
+    assert case_inputs(route, tmp_path / "in", ["S"]) == [[str(tmp_path / "in" / "S_0001.nii.gz"),
+                                                           str(tmp_path / "in" / "S_0003.nii.gz")]]
+    route.fed = (T1CE, T2, FLAIR)  # a router/model disagreement is refused, never guessed
+    with pytest.raises(ConfigurationError, match="takes T1ce \\(_0001\\), FLAIR \\(_0003\\), not the files"):
+        case_inputs(route, tmp_path / "in", ["S"])
