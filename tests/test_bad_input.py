@@ -30,6 +30,7 @@ SHAPE = (16, 16, 16)
 MALFORMED_JSON = '{"channel_names": {"0": "T1",'
 DAMAGED_CHECKPOINT = b"PK\x03\x04 this is no zip archive, the download broke off"
 KD_TRAINER = "nnUNetTrainerBarlowKD"
+ANY_SUBSET_FOLDER = "nnUNetTrainerBarlowKD_AnySubset_smoke__nnUNetPlans__3d_fullres"
 
 
 @dataclass
@@ -131,6 +132,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         {"format": REPORT_FORMAT, "images": str(w.images), "file_ending": ".nii.gz", "members": [], "folds": ["0"],
          "cases": {"A": {"status": "ok", "label_sha256": file_sha256(w.root / "pl_ok" / "labels" / "A.nii.gz")}},
          "rejected": {}}))
+    # predict: a trained dataset (an any-subset model), one whose model has a malformed dataset.json, and input
+    # folders with a channel the dataset lacks and with the same channel in two formats
+    for dataset, bad in (("Dataset907_Route", False), ("Dataset910_RouteBadJson", True)):
+        routed = _model_copy(model, w.res / dataset)
+        if bad:
+            (routed / "dataset.json").write_text(MALFORMED_JSON)
+    for name, extra in (("images_unknown", "A_0004.nii.gz"), ("images_dup", "A_0000.nii")):
+        shutil.copytree(w.images, w.root / name)
+        shutil.copy(w.images / "A_0000.nii.gz", w.root / name / extra)
     # evaluation outputs for report: good and with a malformed summary.json
     assert main(["evaluate", str(w.preds), str(w.gt), "-o", str(w.eval_ok), "-np", "1", "--no-progress"]) == 0
     shutil.copytree(w.eval_ok, w.eval_bad)
@@ -215,6 +225,16 @@ CASES: dict[tuple[str, str], Case] = {
     ("make-distill-dataset", "malformed source JSON"): Case(
         lambda w: ["make-distill-dataset", "-s", str(w.raw / "Dataset904_SrcBad"), "-p", str(w.pl_merged),
                    "-d", "906"], lambda w: w.raw / "Dataset904_SrcBad" / "dataset.json"),
+    ("predict", U): Case(lambda w: ["predict", "-i", str(w.images), "-o", str(w.unwritable), "-d", "907"],
+                         lambda w: w.unwritable),
+    ("predict", J): Case(lambda w: ["predict", "-i", str(w.images), "-o", str(w.root / "pr"), "-d", "910"],
+                         lambda w: w.res / "Dataset910_RouteBadJson" / f"{ANY_SUBSET_FOLDER}" / "dataset.json"),
+    ("predict", "unknown channel file"): Case(
+        lambda w: ["predict", "-i", str(w.images_unknown), "-o", str(w.root / "pr"), "-d", "907"],
+        lambda w: "case A: file A_0004.nii.gz is channel _0004, which this dataset does not have"),
+    ("predict", "duplicate channel file"): Case(
+        lambda w: ["predict", "-i", str(w.images_dup), "-o", str(w.root / "pr"), "-d", "907"],
+        lambda w: "case A: duplicate _0000 file: A_0000.nii beside A_0000.nii.gz"),
     ("evaluate", U): Case(lambda w: ["evaluate", str(w.preds), str(w.gt), "-o", str(w.unwritable), "-np", "1",
                                      "--no-progress"], lambda w: w.a_file),
     ("report", U): Case(lambda w: ["report", str(w.eval_ok), "-o", str(w.unwritable)], lambda w: w.a_file),

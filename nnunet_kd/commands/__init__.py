@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate_subsets",
     "pseudolabel",
     "make_distill_dataset",
+    "predict",
     "evaluate",
     "report",
 )

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HD95 (mm) when exactly one of prediction and reference is empty (default 374, as the "
                              "BraTS 2023 reference; 373.13 was the BraTS 2018-2021 value)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--group-by-routing", type=Path, default=None, metavar="ROUTING_JSON",
+                        help="also score per availability group of `nnunet-kd predict`'s routing.json: prints the "
+                             "table and writes OUT/summary_by_group.csv")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,11 +95,16 @@ def run(args: argparse.Namespace) -> int:
         lesion_volume_threshold_mm3=min_volume if args.lesion_min_volume is None else args.lesion_min_volume,
     )
     out = args.output if args.output is not None else args.pred_dir / "evaluation"
+    routing = None
+    if args.group_by_routing is not None:
+        from nnunet_kd.subsets.routing import read_routing
+
+        routing = read_routing(args.group_by_routing)  # a bad file stops before minutes of evaluation
     evaluate.check_output_apart(out, (("prediction folder", args.pred_dir), ("reference folder", args.gt_dir)))
     evaluate.check_output_folder(out, args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        _, summary = evaluate.evaluate_folders(
+        rows, summary = evaluate.evaluate_folders(
             args.pred_dir, args.gt_dir, out, num_processes=args.num_processes, allow_missing=args.allow_missing,
             progress=not args.no_progress, file_ending=args.file_ending, settings=settings,
             overwrite=args.overwrite)
@@ -104,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"nnunet-kd {NAME}: warning: {w.message}", file=sys.stderr)
     print(evaluate.format_summary_table(summary))
     print(f"wrote {out / evaluate.PER_CASE_CSV}, {out / evaluate.SUMMARY_CSV}, {out / evaluate.SUMMARY_JSON}")
+    if routing is not None:
+        from nnunet_kd.subsets.routing import format_scores_by_group, scores_by_group, scores_by_group_csv
+
+        scores = scores_by_group(rows, routing)
+        evaluate.atomic_write_text(out / "summary_by_group.csv", scores_by_group_csv(scores))
+        print(f"mean per availability group ({args.group_by_routing}):")
+        print(format_scores_by_group(scores))
+        print(f"wrote {out / 'summary_by_group.csv'}")
     return 0
 
 
