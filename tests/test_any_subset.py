@@ -149,7 +149,7 @@ def test_train_step_zeroes_dropped_channels_of_the_normalised_batch(nnunet_env: 
         for c in range(4):
             expected = data[b, c] if kept[b, c] else torch.zeros_like(data[b, c])
             assert torch.equal(student[b, c], expected)
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss", "pixel_kd_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss", "pixel_kd_loss"}
 
     masks = torch.cat([trainer.student_input(data).flatten(2).ne(0).any(-1) for _ in range(60)])
     assert masks.any(1).all()

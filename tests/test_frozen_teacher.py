@@ -195,9 +195,10 @@ def test_frozen_train_step_leaves_the_teacher_untouched(nnunet_env: NnunetEnv, t
     out = trainer.train_step(random_batch(trainer))
 
     assert seen == {"grad": False, "training": False}
-    assert set(out) == {"loss", *terms}
+    assert set(out) == {"loss", "kd_total_loss", *terms}
     weights = trainer.loss_weights()
-    assert float(out["loss"]) == pytest.approx(sum(weights[t] * out[t] for t in terms), rel=1e-5)
+    assert out["kd_total_loss"] == pytest.approx(sum(weights[t] * out[t] for t in terms), rel=1e-5)
+    assert float(out["loss"]) == out["student_seg_loss"]  # nnU-Net's train_losses: the student's DS loss
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
     assert all(torch.equal(v, stock[k]) for k, v in model.state_dict().items())
@@ -217,7 +218,7 @@ def test_warm_teacher_starts_from_the_stock_model_and_keeps_training(nnunet_env:
 
     out = trainer.train_step(random_batch(trainer))
 
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
     assert not torch.equal(model.state_dict()[FIRST_CONV], stock[FIRST_CONV])
 
 

@@ -187,9 +187,10 @@ def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: Nn
 
     assert torch.equal(seen["student"], data[:, [1, 3]])
     assert torch.equal(seen["teacher"], data)
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
     expected = out["student_seg_loss"] + out["teacher_seg_loss"] + trainer.barlow_weight * out["barlow_loss"]
-    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert out["kd_total_loss"] == pytest.approx(expected, rel=1e-5)
+    assert float(out["loss"]) == out["student_seg_loss"]
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
     # under CUDA autocast the bottlenecks arrive in half precision; the fp32 projectors must accept them
