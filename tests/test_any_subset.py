@@ -165,7 +165,7 @@ def test_train_step_zeroes_dropped_channels_of_the_normalised_batch(nnunet_env: 
     expected = data.numpy() * keep[:, :, None, None, None]  # independent of zero_missing_channels
     np.testing.assert_array_equal(seen["student"][0].cpu().numpy(), expected)
     np.testing.assert_array_equal(seen["teacher"][0].cpu().numpy(), data.numpy())  # the teacher sees all four
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss", "pixel_kd_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss", "pixel_kd_loss"}
 
     drawn.clear()
     outputs = [trainer.student_input(data) for _ in range(60)]

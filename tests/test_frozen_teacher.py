@@ -143,7 +143,24 @@ def test_teacher_of_another_dataset_stops_nnunetv2_train(nnunet_env: NnunetEnv, 
 
 # ---------------------------------------------------------------------------------------------- in process
 
-@pytest.mark.parametrize("case", ["channels", "patch", "no config", "missing fold"])
+def two_input_channels(checkpoint: dict) -> None:
+    """What a 2-channel student-only model looks like: full dataset.json recorded, first convolution on 2 channels."""
+    weights = checkpoint["network_weights"]
+    weights[FIRST_CONV] = weights[FIRST_CONV][:, :2].clone()
+
+
+def test_set_teacher_refuses_a_network_with_other_input_channels(nnunet_env: NnunetEnv, teacher: Path):
+    student = fake_teacher(nnunet_env, teacher, "TwoChannels", two_input_channels)
+    before = config_file(nnunet_env).read_text()
+    proc = nnunet_env.run(str(BIN / "nnunet-kd"), "set-teacher", "-d", str(nnunet_env.dataset_id), "-c",
+                          "3d_fullres", "--teacher-trainer", student, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "its network takes 2 input channel(s), the dataset has 4" in proc.stderr
+    assert config_file(nnunet_env).read_text() == before  # nothing written
+
+
+@pytest.mark.parametrize("case", ["channels", "input channels", "patch", "no config", "missing fold"])
 def test_wrong_teacher_is_refused_when_the_trainer_is_built(nnunet_env: NnunetEnv, teacher: Path, env_vars,
                                                             case: str):
     from nnunet_kd.errors import ConfigurationError
@@ -153,6 +170,9 @@ def test_wrong_teacher_is_refused_when_the_trainer_is_built(nnunet_env: NnunetEn
         def change(c):
             c["init_args"]["dataset_json"]["channel_names"] = {"0": "FLAIR", "1": "T1ce", "2": "T2", "3": "T1"}
         trainer, message = fake_teacher(nnunet_env, teacher, "OtherChannels", change), "its channels are"
+    elif case == "input channels":
+        trainer = fake_teacher(nnunet_env, teacher, "TwoChannels", two_input_channels)
+        message = "its network takes 2 input channel(s), the dataset has 4"
     elif case == "patch":
         def change(c):
             c["init_args"]["plans"]["configurations"]["3d_fullres"]["patch_size"] = [32, 32, 32]
@@ -195,9 +215,10 @@ def test_frozen_train_step_leaves_the_teacher_untouched(nnunet_env: NnunetEnv, t
     out = trainer.train_step(random_batch(trainer))
 
     assert seen == {"grad": False, "training": False}
-    assert set(out) == {"loss", *terms}
+    assert set(out) == {"loss", "kd_total_loss", *terms}
     weights = trainer.loss_weights()
-    assert float(out["loss"]) == pytest.approx(sum(weights[t] * out[t] for t in terms), rel=1e-5)
+    assert out["kd_total_loss"] == pytest.approx(sum(weights[t] * out[t] for t in terms), rel=1e-5)
+    assert float(out["loss"]) == out["student_seg_loss"]  # nnU-Net's train_losses: the student's DS loss
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
     assert all(torch.equal(v, stock[k]) for k, v in model.state_dict().items())
@@ -217,7 +238,7 @@ def test_warm_teacher_starts_from_the_stock_model_and_keeps_training(nnunet_env:
 
     out = trainer.train_step(random_batch(trainer))
 
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
     assert not torch.equal(model.state_dict()[FIRST_CONV], stock[FIRST_CONV])
 
 

@@ -22,8 +22,8 @@ KD = "nnUNetTrainerBarlowKD_smoke"
 STUDENT_FIRST_CONV = "encoder.stages.0.0.convs.0.conv.weight"
 
 
-def train(env: NnunetEnv, trainer: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", "0", "-tr", trainer,
+def train(env: NnunetEnv, trainer: str, *extra: str, check: bool = True, fold: str = "0") -> subprocess.CompletedProcess:
+    return env.run(str(BIN / "nnUNetv2_train"), str(env.dataset_id), "3d_fullres", fold, "-tr", trainer,
                    "-device", "cpu", *extra, check=check)
 
 
@@ -78,6 +78,10 @@ def test_checkpoint_holds_two_channel_student_and_four_channel_teacher(kd_run: P
     logging = ckpt["logging"]
     assert len(logging["teacher_mean_fg_dice"]) == len(logging["mean_fg_dice"]) == 2
     assert all(0 < v <= barlow_upper_bound() for v in logging["barlow_loss"])
+    # nnU-Net's train_losses ("loss" in progress.png) is the student's DS loss; the KD total has its own key
+    assert logging["train_losses"] == pytest.approx(logging["student_seg_loss"])
+    assert len(logging["kd_total_loss"]) == 2
+    assert all(t > s for t, s in zip(logging["kd_total_loss"], logging["student_seg_loss"]))
     # the optimizer steps teacher and projectors too: a second parameter group with momentum state
     assert len(ckpt["optimizer_state"]["param_groups"]) == 2
 
@@ -167,7 +171,25 @@ def test_export_teacher_refuses_student_only_run(nnunet_env: NnunetEnv):
     assert proc.returncode == 2 and "holds no teacher" in proc.stderr
 
 
-def test_interrupted_run_resumes_with_continue(nnunet_env: NnunetEnv, tmp_path: Path):
+def assert_same_state(restored, saved, what: str) -> None:
+    """Nested state dicts / lists of tensors and numbers are equal."""
+    if isinstance(saved, dict):
+        assert restored.keys() == saved.keys(), what
+        for key in saved:
+            assert_same_state(restored[key], saved[key], f"{what}.{key}")
+    elif isinstance(saved, (list, tuple)):
+        assert len(restored) == len(saved), what
+        for i, (a, b) in enumerate(zip(restored, saved)):
+            assert_same_state(a, b, f"{what}[{i}]")
+    elif isinstance(saved, torch.Tensor):
+        assert torch.equal(restored.cpu(), saved), what
+    else:
+        assert restored == saved, what
+
+
+def test_killed_run_resumes_with_continue_restoring_every_part(nnunet_env: NnunetEnv, tmp_path: Path, monkeypatch):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
     trainer = "nnUNetTrainerBarlowKD_T1Flair_smoke"
     log = tmp_path / "train.log"
     with log.open("w") as fh:
@@ -175,6 +197,7 @@ def test_interrupted_run_resumes_with_continue(nnunet_env: NnunetEnv, tmp_path: 
                                  trainer, "-device", "cpu"], env=nnunet_env.env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.time() + 600
+        # "Epoch 1" is printed after epoch 0's checkpoints were saved: the kill lands mid-epoch 1
         while "Epoch 1" not in log.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, "training ended before it could be interrupted:\n" + log.read_text()[-3000:]
@@ -184,13 +207,38 @@ def test_interrupted_run_resumes_with_continue(nnunet_env: NnunetEnv, tmp_path: 
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     assert latest["current_epoch"] == 1 and "nnunet_kd" in latest
     assert not (fold / "checkpoint_final.pth").exists()
+    assert not list(fold.glob("*.tmp-*"))  # each checkpoint was written once, atomically
+
+    # --c's own loading path (nnU-Net's maybe_load_checkpoint), in this process: everything equals the saved state
+    restored = nnunet_env.make_trainer(trainer, monkeypatch)
+    maybe_load_checkpoint(restored, continue_training=True, validation_only=False)
+    assert_same_state(restored.network.state_dict(), latest["network_weights"], "student")
+    assert_same_state(restored.kd_modules.state_dict(), latest["nnunet_kd"]["kd_modules"], "teacher+projectors")
+    assert any(k.startswith("teacher.") for k in latest["nnunet_kd"]["kd_modules"])
+    assert any(k.startswith("teacher_projector.") for k in latest["nnunet_kd"]["kd_modules"])
+    assert_same_state(restored.optimizer.state_dict(), latest["optimizer_state"], "optimizer")
+    assert len(latest["optimizer_state"]["param_groups"]) == 2  # student, teacher + projectors
+
+    # a KD checkpoint without the KD state (as an interrupted old-style save left it): --c stops with one line
+    broken = nnunet_env.model_folder(trainer) / "fold_1"
+    broken.mkdir()
+    stripped = {k: v for k, v in latest.items() if k != "nnunet_kd"}
+    torch.save(stripped, broken / "checkpoint_latest.pth")
+    refused = train(nnunet_env, trainer, "--c", check=False, fold="1")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"nnunet_kd.errors.ConfigurationError: {broken / 'checkpoint_latest.pth'} has no teacher/projector state")
+    assert sorted(p.name for p in broken.iterdir() if p.suffix == ".pth") == ["checkpoint_latest.pth"]
+    shutil.rmtree(broken)
 
     resumed = train(nnunet_env, trainer, "--c")
+    assert "WARNING" not in resumed.stdout + resumed.stderr
     assert "Epoch 1" in resumed.stdout and "Epoch 0\n" not in resumed.stdout
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2
     assert len(final["logging"]["teacher_mean_fg_dice"]) == 2
     assert json.loads((fold.parent / "dataset.json").read_text())["channel_names"] == {"0": "T1", "1": "FLAIR"}
+    assert json.loads((fold.parent / "plans.json").read_text())["nnunet_kd"]["student"]["channel_indices"] == [0, 3]
 
 
 def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: NnunetEnv, monkeypatch):
@@ -212,9 +260,10 @@ def test_train_step_feeds_subset_to_student_and_updates_all_parts(nnunet_env: Nn
 
     assert torch.equal(seen["student"], data[:, [1, 3]])
     assert torch.equal(seen["teacher"], data)
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "barlow_loss"}
     expected = out["student_seg_loss"] + out["teacher_seg_loss"] + trainer.barlow_weight * out["barlow_loss"]
-    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert out["kd_total_loss"] == pytest.approx(expected, rel=1e-5)
+    assert float(out["loss"]) == out["student_seg_loss"]
     for name, param in watched.items():
         assert not torch.equal(param.detach(), before[name]), f"{name} was not updated"
     # under CUDA autocast the bottlenecks arrive in half precision; the fp32 projectors must accept them

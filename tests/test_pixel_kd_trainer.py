@@ -47,8 +47,8 @@ def test_pixel_kd_only_train_step(nnunet_env: NnunetEnv, monkeypatch):
 
     out = trainer.train_step(batch)
 
-    assert set(out) == {"loss", "student_seg_loss", "teacher_seg_loss", "pixel_kd_loss"}
-    assert float(out["loss"]) == pytest.approx(out["student_seg_loss"] + out["teacher_seg_loss"] +
+    assert set(out) == {"loss", "kd_total_loss", "student_seg_loss", "teacher_seg_loss", "pixel_kd_loss"}
+    assert out["kd_total_loss"] == pytest.approx(out["student_seg_loss"] + out["teacher_seg_loss"] +
                                                trainer.pixel_kd_weight * out["pixel_kd_loss"], rel=1e-5)
     # every deep-supervision scale, weighted like nnU-Net's segmentation loss, sigmoid outputs at temperature T
     weights = trainer.loss.weight_factors

@@ -168,6 +168,9 @@ MISFITS = {
         patch_size=[48, 48, 48]), r"another patch size \[48, 48, 48\], the plans now have \[32, 32, 32\]"),
     "other network": (lambda c: c["init_args"]["plans"]["configurations"]["3d_fullres"]["architecture"][
         "arch_kwargs"].update(features_per_stage=[16, 32]), "another network, the plans now differ"),
+    "student network": (lambda c: c.update(network_weights={"encoder.stages.0.0.convs.0.conv.weight":
+                                                            torch.zeros(8, 2, 3, 3, 3)}),
+                        r"its network takes 2 input channel\(s\), the dataset has 4"),
     "kd checkpoint": (lambda c: c.update(nnunet_kd={"student": {"channel_indices": [1, 3]}}),
                       "KD run whose network is the student; export its teacher"),
     "not a checkpoint": (lambda c: c.pop("init_args"), "is not an nnU-Net training checkpoint"),
@@ -231,8 +234,14 @@ def test_cli_set_teacher_refuses_wrong_teachers_and_keeps_the_old_config(tree, c
     dataset_json = make_dataset_json()
     dataset_json["channel_names"] = {"0": "T1ce", "1": "FLAIR"}
     torch.save(make_checkpoint(dataset_json=dataset_json), other / "checkpoint_final.pth")
+    # a student-only model records the full 4-channel dataset.json, but its first convolution takes 2 channels
+    student = res / DATASET / "nnUNetTrainerStudentOnly__nnUNetPlans__3d_fullres" / "fold_0"
+    student.mkdir(parents=True)
+    torch.save(make_checkpoint(network_weights={"encoder.stages.0.0.convs.0.conv.weight": torch.zeros(8, 2, 3, 3, 3)}),
+               student / "checkpoint_final.pth")
     cases = [
         (["--teacher-trainer", "nnUNetTrainerOther"], "its channels are"),
+        (["--teacher-trainer", "nnUNetTrainerStudentOnly"], r"its network takes 2 input channel\(s\), the dataset has 4"),
         (["--teacher-trainer", "nnUNetTrainer", "--teacher-fold", "1"], "fold_1/checkpoint_final.pth does not exist"),
         (["--teacher-trainer", "nnUNetTrainerMissing"], "does not exist; train the teacher first"),
         (["--teacher-trainer", "nnUNetTrainer", "-c", "2d"], "configuration 2d is not in"),

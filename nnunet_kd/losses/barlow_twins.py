@@ -16,7 +16,9 @@ Choices, all constructor arguments:
 * ``off_diagonal_weight`` (lambda_off): 5e-3 as in the Barlow Twins paper;
 * ``normalize_by_dim``: divide the loss by D, so its scale (about 1 for unrelated features, 0 at the optimum) does
   not depend on the projector width and a single trainer weight works for any D;
-* ``detach_teacher``: stop gradients into the teacher branch (only the student is pulled);
+* ``detach_teacher``: stop gradients into the teacher branch (only the student is pulled); the KD trainer's
+  ``_DetachTeacher`` variant does not use it but detaches the teacher's bottleneck *before* the teacher
+  projector, so that projector still learns;
 * ``eps``: added to the per-feature variance before standardising.
 """
 

@@ -16,11 +16,25 @@ its own channels, and the model folder gets a reduced dataset.json / plans.json 
 stock prediction runs with only the student's files per case. Teacher, projectors and the teacher's pseudo-Dice
 are extra: stored under ``checkpoint["nnunet_kd"]`` and logged as ``teacher_*`` keys (``progress_kd.png``).
 
-Multi-GPU (DDP) training is refused: the teacher and projectors live outside nnU-Net's DDP wrapper.
+Choices that keep the student's numbers comparable with stock nnU-Net and ``nnUNetTrainerStudentOnly``:
+
+* gradients are clipped at nnU-Net's norm 12 **per network** (student, teacher, each projector), so large teacher
+  gradients never shrink the student's step (:meth:`~nnUNetTrainerBarlowKD.gradient_clip_groups`);
+* nnU-Net's ``train_losses`` (``loss`` in progress.png) is the student's deep-supervision loss, like ``val_losses``;
+  the weighted KD total is logged as ``kd_total_loss`` and every term under its own name;
+* when nnU-Net compiles the student (``nnUNet_compile``), the teacher is compiled the same way.
+
+A checkpoint is written once, atomically (temporary file, then ``os.replace``), with the KD state inside; ``--c`` /
+``--val`` on a KD checkpoint without it stop with a :class:`~nnunet_kd.errors.ConfigurationError`.
+Multi-GPU (DDP) training and cascade configurations (``3d_cascade_fullres``) are refused in ``__init__``, before
+nnU-Net creates the output folder: the teacher and projectors live outside nnU-Net's DDP wrapper, and the previous
+stage's segmentation channels are not wired into teacher and student.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 
 import numpy as np
@@ -31,6 +45,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
+from nnunet_kd.errors import ConfigurationError
 from nnunet_kd.losses.barlow_twins import BarlowTwinsLoss
 from nnunet_kd.networks.projector import make_projector
 from nnunet_kd.subsets.modalities import (
@@ -47,6 +62,8 @@ from nnunet_kd.trainers.student_channels import student_channel_dataset
 
 #: Key of the extra state in nnU-Net checkpoints written by KD trainers.
 CHECKPOINT_KEY = "nnunet_kd"
+#: Logger key of the weighted sum of all loss terms (nnU-Net's ``train_losses`` is the student's DS loss).
+TOTAL_LOSS_KEY = "kd_total_loss"
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -67,11 +84,15 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     barlow_off_diagonal_weight: float = 5e-3
     #: Width of the 1x1x1 projectors; keep it <= batch size x bottleneck voxels (128 for BraTS plans).
     projector_dim: int = 64
-    #: Stop Barlow Twins gradients into the teacher (the teacher then learns from its own DS loss only).
+    #: Stop Barlow Twins gradients into the teacher *network*: its latent is detached before the teacher projector,
+    #: so the projector still learns while the teacher learns from its own DS loss only.
     detach_teacher_in_barlow: bool = False
+    #: nnU-Net's gradient-norm clip, applied to each network separately (see :meth:`gradient_clip_groups`).
+    grad_clip_norm: float = 12.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        refuse_cascade(plans, configuration, self.__class__.__name__)  # before nnU-Net creates the output folder
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
             raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training: its teacher and "
@@ -82,7 +103,9 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         # nnU-Net sizes self.network from self.dataset_json and copies it into the model folder: give it the student's.
         self.dataset_json = student_dataset_json(dataset_json, self.student_subset)
         self.kd_modules = nn.ModuleDict()
-        self.barlow_loss = BarlowTwinsLoss(self.barlow_off_diagonal_weight, detach_teacher=self.detach_teacher_in_barlow)
+        self.barlow_loss = BarlowTwinsLoss(self.barlow_off_diagonal_weight)
+        #: The teacher as it is run: ``kd_modules["teacher"]``, or its torch.compile wrapper (:meth:`compile_teacher`).
+        self.teacher_network: nn.Module | None = None
         self._latents: dict[str, torch.Tensor] = {}
         self._student_index = torch.tensor(self.student_subset.indices, dtype=torch.long)
         for key in self._kd_log_keys():
@@ -120,7 +143,7 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
 
     def _kd_log_keys(self) -> tuple[str, ...]:
         teacher_keys = ("teacher_mean_fg_dice", "teacher_dice_per_class_or_region") if self.use_teacher else ()
-        return tuple(self.loss_weights()) + teacher_keys
+        return tuple(self.loss_weights()) + (TOTAL_LOSS_KEY,) + teacher_keys
 
     def build_teacher(self) -> nn.Module:
         """The teacher network on all channels (trained from scratch here; other trainers may load one)."""
@@ -135,7 +158,7 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
 
     def teacher_forward(self, data: torch.Tensor):
         """Teacher outputs and bottleneck features for a full-channel batch."""
-        return self._forward(self.kd_modules["teacher"], data, "teacher")
+        return self._forward(self.teacher_network, data, "teacher")
 
     def teacher_terms(self, teacher_out, target) -> dict[str, torch.Tensor]:
         """Loss terms of the teacher itself: its deep-supervision segmentation loss."""
@@ -147,7 +170,10 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         if not self.use_barlow:
             return {}
         # fp32 projectors on fp32 features: under CUDA autocast the bottlenecks arrive in fp16
-        z_teacher = self.kd_modules["teacher_projector"](teacher_latent.float())
+        teacher_latent = teacher_latent.float()
+        if self.detach_teacher_in_barlow:  # before the projector: the teacher projector still learns
+            teacher_latent = teacher_latent.detach()
+        z_teacher = self.kd_modules["teacher_projector"](teacher_latent)
         z_student = self.kd_modules["student_projector"](student_latent.float())
         return {"barlow_loss": self.barlow_loss(z_teacher, z_student)}
 
@@ -163,10 +189,39 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
                 modules["teacher_projector"] = make_projector(bottleneck, self.projector_dim, spatial)
                 modules["student_projector"] = make_projector(bottleneck, self.projector_dim, spatial)
             self.kd_modules = nn.ModuleDict(modules).to(self.device)
-            self._capture_latent(teacher, "teacher")
+            self._capture_latent(teacher, "teacher")  # before compiling: the hook is traced into the compiled graph
+            self.teacher_network = self.compile_teacher(teacher)
             extra = self.kd_trainable_parameters()
             if extra:  # the poly LR scheduler sets the learning rate of every parameter group
                 self.optimizer.add_param_group({"params": extra})
+
+    def compile_teacher(self, teacher: nn.Module) -> nn.Module:
+        """The teacher as it is run: ``torch.compile``'d exactly when nnU-Net compiles the student (``nnUNet_compile``).
+
+        ``kd_modules`` keeps the plain module, so checkpoints and the optimizer see the same parameter names either way.
+        """
+        if not self._do_i_compile():
+            return teacher
+        self.print_to_log_file("Using torch.compile for the teacher...")
+        return torch.compile(teacher)
+
+    def gradient_clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters whose gradient norm is clipped together: the student, then each KD module that is trained.
+
+        One clip per network, as stock nnU-Net clips its one network: a large teacher gradient never shrinks the
+        student's step (which would confound the comparison with ``nnUNetTrainerStudentOnly``).
+        """
+        trainable = {id(p) for p in self.kd_trainable_parameters()}
+        groups = {"student": list(self.network.parameters())}
+        for name, module in self.kd_modules.items():
+            params = [p for p in module.parameters() if id(p) in trainable]
+            if params:
+                groups[name] = params
+        return groups
+
+    def clip_gradients(self) -> None:
+        for params in self.gradient_clip_groups().values():
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
 
     def _capture_latent(self, network: nn.Module, key: str) -> None:
         def keep_bottleneck(_module, _inputs, skips):
@@ -214,23 +269,24 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         weights = self.loss_weights()
         loss = sum(weights[name] * value for name, value in terms.items())
 
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # student + kd_trainable
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.clip_gradients()
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(), **{name: value.item() for name, value in terms.items()}}
+        # "loss" becomes nnU-Net's train_losses: the student's DS loss, comparable with val_losses and StudentOnly
+        return {"loss": terms["student_seg_loss"].detach().cpu().numpy(), TOTAL_LOSS_KEY: loss.item(),
+                **{name: value.item() for name, value in terms.items()}}
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
         collated = collate_outputs(train_outputs)
-        for key in self.loss_weights():
+        for key in (*self.loss_weights(), TOTAL_LOSS_KEY):
             self.logger.log(key, float(np.mean(collated[key])), self.current_epoch)
 
     # ------------------------------------------------------------------ validation
@@ -238,7 +294,7 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         result = super().validation_step({**batch, "data": self.student_input(batch["data"])})
         if self.use_teacher:
             student = self.network
-            self.network = self.kd_modules["teacher"]
+            self.network = self.teacher_network
             try:
                 teacher_result = super().validation_step(batch)
             finally:
@@ -257,6 +313,7 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
             self.logger.log("teacher_dice_per_class_or_region", dice, self.current_epoch)
 
     def on_epoch_end(self):
+        self.print_to_log_file(TOTAL_LOSS_KEY, np.round(self.logger.get_value(TOTAL_LOSS_KEY, step=-1), decimals=4))
         if self.use_teacher:
             self.print_to_log_file("Teacher pseudo dice", [np.round(i, decimals=4) for i in
                                                             self.logger.get_value("teacher_dice_per_class_or_region",
@@ -289,36 +346,105 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     # ------------------------------------------------------------------ files for stock prediction
     def on_train_start(self):
         super().on_train_start()
-        if self.local_rank == 0:
-            from batchgenerators.utilities.file_and_folder_operations import save_json
-
-            save_json(student_plans(self.plans_manager.plans, self.student_subset),
-                      os.path.join(self.output_folder_base, "plans.json"), sort_keys=False)
+        if self.local_rank == 0:  # replaces nnU-Net's full plans.json in one step: never half-written
+            save_json_atomic(student_plans(self.plans_manager.plans, self.student_subset),
+                             os.path.join(self.output_folder_base, "plans.json"))
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing or not self.use_teacher:
-            return
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        checkpoint[CHECKPOINT_KEY] = {
+    def nnunet_checkpoint_entries(self) -> dict:
+        """The entries ``nnUNetTrainer.save_checkpoint`` writes (the student is ``network_weights``).
+
+        Built here so the KD checkpoint is written once; ``tests/test_kd_checkpoint.py`` checks that the keys equal
+        nnU-Net's own.
+        """
+        module = unwrap(self.network)
+        return {
+            "network_weights": module.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+
+    def kd_checkpoint_state(self) -> dict:
+        """What a KD checkpoint holds under :data:`CHECKPOINT_KEY`: teacher + projectors and the teacher's setup.
+
+        Their optimizer state is in nnU-Net's ``optimizer_state`` (they are the optimizer's second parameter group).
+        """
+        return {
             "kd_modules": self.kd_modules.state_dict(),
             "student": self.student_subset.as_record(),
             "teacher_dataset_json": self.full_dataset_json,
             "teacher_plans": self.plans_manager.plans,
         }
-        tmp = f"{filename}.tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the KD state, written once to a temporary file that replaces ``filename``."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = self.nnunet_checkpoint_entries()
+        if self.use_teacher:
+            checkpoint[CHECKPOINT_KEY] = self.kd_checkpoint_state()
+        for stale in glob.glob(glob.escape(filename) + ".tmp-*"):  # left by a killed save
+            os.remove(stale)
+        tmp = f"{filename}.tmp-{os.getpid()}"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's ``load_checkpoint``, plus teacher and projectors; a KD checkpoint without them is refused."""
+        kd_state = None
+        if self.use_teacher:  # checked before anything is restored
+            source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "checkpoint"
+            checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+                torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+            kd_state = checkpoint.get(CHECKPOINT_KEY)
+            if not isinstance(kd_state, dict) or "kd_modules" not in kd_state:
+                raise ConfigurationError(
+                    f"{source} has no teacher/projector state (no '{CHECKPOINT_KEY}' entry), so {self.__class__.__name__} "
+                    f"cannot resume or validate from it; remove it to train from the start, or use another checkpoint")
         super().load_checkpoint(filename_or_checkpoint)
-        if not self.use_teacher:
-            return
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
-            self.print_to_log_file("WARNING: checkpoint has no teacher/projector state; they keep their current weights")
-        else:
-            self.kd_modules.load_state_dict(state["kd_modules"])
+        if kd_state is not None:
+            try:
+                self.kd_modules.load_state_dict(kd_state["kd_modules"])
+            except RuntimeError as e:
+                raise ConfigurationError(f"{source}: teacher/projector state does not fit {self.__class__.__name__} "
+                                         f"({str(e).splitlines()[0]})") from None
+
+
+def refuse_cascade(plans: dict, configuration: str, trainer_name: str) -> None:
+    """Raise :class:`ConfigurationError` for cascade configurations (a previous stage's segmentation as input)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        previous = PlansManager(plans).get_configuration(configuration).previous_stage_name
+    except (KeyError, RuntimeError, ValueError, TypeError):
+        return  # nnU-Net reports unknown configurations itself
+    if previous is not None:
+        raise ConfigurationError(
+            f"{trainer_name} does not support the cascade configuration {configuration} (previous stage "
+            f"{previous}): its teacher and student would need the previous stage's segmentation as extra input "
+            f"channels; train 3d_fullres (or 3d_lowres) instead")
+
+
+def save_json_atomic(data, path: str) -> None:
+    """Write ``data`` as JSON to a temporary file next to ``path``, then replace ``path`` with it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=4)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -39,7 +39,8 @@ class nnUNetTrainerBarlowKD_T1ceT2Flair(nnUNetTrainerBarlowKD):
 
 
 class nnUNetTrainerBarlowKD_DetachTeacher(nnUNetTrainerBarlowKD):
-    """Barlow Twins pulls only the student; the teacher learns from its own segmentation loss."""
+    """Barlow Twins trains the student and both projectors, not the teacher network (its bottleneck is detached
+    before the teacher projector); the teacher learns from its own segmentation loss only."""
 
     detach_teacher_in_barlow = True
 

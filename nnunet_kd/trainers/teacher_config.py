@@ -13,13 +13,14 @@ the KD fold was in the teacher's training data) and checkpoint file.
 
 :func:`resolve_teacher` is what a trainer calls before anything is written: it reads the JSON, finds the fold's
 checkpoint and checks (:func:`check_teacher_checkpoint`) that it was trained on the same dataset, plans,
-configuration, patch size, network, labels and channel names. Every problem is a :class:`ConfigurationError`
+configuration, patch size, network, labels, channel names and the first layer's number of input channels.
+Every problem is a :class:`ConfigurationError`
 with one line saying what to do.
 
 Public functions: :func:`teacher_config_path`, :func:`write_teacher_config`, :func:`read_teacher_config`,
 :func:`teacher_model_folder`, :func:`available_teacher_folds`, :func:`teacher_checkpoint_file`,
 :func:`load_teacher_checkpoint`, :func:`check_teacher_checkpoint`, :func:`resolve_teacher`,
-:func:`check_weights_fit`.
+:func:`first_layer_input_channels`, :func:`check_weights_fit`.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def check_teacher_checkpoint(checkpoint: Mapping, plans: Mapping, configuration:
     ``plans`` / ``configuration`` / ``dataset_json`` are the KD run's (the full, 4-channel dataset.json).
     Checked, in this order, from the checkpoint's ``init_args``: that it is an nnU-Net checkpoint and not a KD
     run's (whose ``network_weights`` are the student's), dataset name, plans name, configuration, channel names,
+    the first layer's input channels (a student-only model records the full dataset.json but takes fewer),
     labels / regions, and the per-configuration entries :data:`MATCHING_CONFIGURATION_KEYS` (patch size, spacing,
     normalisation, network).
     """
@@ -270,6 +272,10 @@ def check_teacher_checkpoint(checkpoint: Mapping, plans: Mapping, configuration:
     if t_channels != channels:
         raise ConfigurationError(f"{prefix} its channels are {t_channels}, the dataset's are {channels}; "
                                  f"the teacher must take the same channels in the same order")
+    n_inputs = first_layer_input_channels(checkpoint["network_weights"])
+    if n_inputs is not None and n_inputs != len(channels):
+        raise ConfigurationError(f"{prefix} its network takes {n_inputs} input channel(s), the dataset has "
+                                 f"{len(channels)}; the teacher must be a model of all channels (is it a student?)")
     for key in ("labels", "regions_class_order"):
         if _normalised(t_dataset_json.get(key)) != _normalised(dataset_json.get(key)):
             raise ConfigurationError(f"{prefix} its dataset.json {key} {_normalised(t_dataset_json.get(key))} "
@@ -282,6 +288,15 @@ def check_teacher_checkpoint(checkpoint: Mapping, plans: Mapping, configuration:
                 ", the plans now differ"
             raise ConfigurationError(f"{prefix} it was trained with another {what}{detail}; re-train the teacher "
                                      f"with the current plans")
+
+
+def first_layer_input_channels(weights: Mapping) -> int | None:
+    """Input channels of a network's first convolution: dim 1 of the first weight with >= 3 dims (None if none)."""
+    for value in weights.values():
+        shape = getattr(value, "shape", ())
+        if len(shape) >= 3:
+            return int(shape[1])
+    return None
 
 
 def check_weights_fit(weights: Mapping, reference: Mapping, source: str | Path) -> None:
