@@ -1,11 +1,13 @@
 """The README's demo: the whole missing-modality workflow on synthetic data, on a CPU, in minutes.
 
 synthetic BraTS 2021 release -> ``convert-brats`` -> ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train ... -tr
-nnUNetTrainerBarlowKD_demo`` (teacher on 4 modalities + student on FLAIR/T1ce) -> ``select-modalities --keep
-FLAIR,T1ce`` on held-out cases -> the ``check-inputs`` test of those files -> stock ``nnUNetv2_predict`` with 2 files
-per case -> BraTS metrics per region.
+nnUNetTrainerBarlowKD_demo`` (teacher on 4 modalities + student on FLAIR/T1ce, trained for a budget sized from a
+measured step) -> ``export-teacher`` (the teacher as a stock 4-channel model) -> held-out cases that miss different
+modalities (all four; FLAIR + T1ce; T1ce + T2 + FLAIR; FLAIR only) -> one ``nnunet-kd predict`` that routes each
+availability group to a model (teacher, student, student ignoring T2; FLAIR alone is refused, as no model takes it)
+-> BraTS metrics per availability group -> ``nnunet-kd report`` (table, overlays, KD training progress).
 
-Every nnU-Net step is the real command line, run in a subprocess with ``nnUNet_raw`` / ``nnUNet_preprocessed`` /
+Every step is the real command line, run in a subprocess with ``nnUNet_raw`` / ``nnUNet_preprocessed`` /
 ``nnUNet_results`` pointing into the demo folder. The numbers come from a tiny CPU run and mean nothing about the
 method's accuracy on real BraTS data.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -37,7 +40,7 @@ TRAINING_HIGHLIGHTS = ("Demo schedule", "Epoch ", "Pseudo dice", "Teacher pseudo
 class DemoConfig:
     workdir: Path
     n_train: int = 10
-    n_test: int = 3
+    n_test: int = 4
     shape: tuple[int, int, int] = (48, 48, 48)
     seed: int = 0
     trainer: str = "nnUNetTrainerBarlowKD_demo"
@@ -51,7 +54,28 @@ class DemoConfig:
 class DemoResult:
     workdir: Path
     summaries: dict[str, dict] = field(default_factory=dict)  # trainer -> evaluation summary
+    groups: dict[str, str] = field(default_factory=dict)  # trainer -> Dice/HD95 per availability group (text)
+    availability: dict[str, tuple[str, ...]] = field(default_factory=dict)  # held-out case -> modalities it keeps
+    refused: list[str] = field(default_factory=list)  # routing lines of cases no model could take
+    routing_tables: dict[str, str] = field(default_factory=dict)  # trainer -> routing table printed by predict
+    pictures: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+#: Availability patterns of the held-out cases (canonical names): the first cases get one each, in a seeded random
+#: order, the rest a seeded random choice. FLAIR alone has no model in the demo: it shows a refusal.
+AVAILABILITY_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("T1", "T1ce", "T2", "FLAIR"), ("T1ce", "FLAIR"), ("T1ce", "T2", "FLAIR"), ("FLAIR",))
+
+
+def availability_patterns(n: int, seed: int) -> list[tuple[str, ...]]:
+    """Modalities kept by each of ``n`` held-out cases: every pattern once (when ``n`` allows), then at random."""
+    import random
+
+    rng = random.Random(seed)
+    first = list(AVAILABILITY_PATTERNS)
+    rng.shuffle(first)
+    return (first + [rng.choice(AVAILABILITY_PATTERNS) for _ in range(max(0, n - len(first)))])[:n]
 
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -142,8 +166,9 @@ def demo_environment(workdir: Path) -> dict[str, str]:
 
 
 def run_logged(cmd: Sequence[str], env: dict[str, str], log_file: Path, show: Callable[[str], bool],
-               echo: Callable[[str], None] = print) -> None:
-    """Run ``cmd``, write all output to ``log_file``, echo the lines ``show`` selects; raise on failure."""
+               echo: Callable[[str], None] = print, ok_codes: Sequence[int] = (0,)) -> int:
+    """Run ``cmd``, write all output to ``log_file``, echo the lines ``show`` selects; raise on an exit status
+    not in ``ok_codes``; return the status."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w") as log, subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE,
                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -157,17 +182,16 @@ def run_logged(cmd: Sequence[str], env: dict[str, str], log_file: Path, show: Ca
             proc.terminate()
             raise
         returncode = proc.wait()
-    if returncode != 0:
+    if returncode not in ok_codes:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-15:])
         raise ConfigurationError(f"`{' '.join(cmd)}` failed (exit {returncode}); see {log_file}. Last lines:\n{tail}")
+    return returncode
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo end to end; returns the evaluation summary of each trained model."""
+    """Run the demo end to end; returns the evaluation of each trained model per availability group."""
+    from nnunet_kd.commands.predict import EXIT_REFUSED
     from nnunet_kd.dataset_conversion.convert import convert_brats
-    from nnunet_kd.dataset_conversion.select import select_modalities
-    from nnunet_kd.evaluation.evaluate import evaluate_folders
-    from nnunet_kd.subsets.input_files import check_input_folder
     from nnunet_kd.synthetic import write_brats_folder
 
     validate_config(config)
@@ -177,6 +201,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
     logs = work / "logs"
     result = DemoResult(work)
     bin_dir = Path(sys.executable).parent
+    cli = [sys.executable, "-m", "nnunet_kd.cli"]
+    started = time.time()
 
     def show_all(line: str) -> bool:
         return config.verbose
@@ -185,78 +211,131 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
         return config.verbose or any(h in line for h in TRAINING_HIGHLIGHTS)
 
     def stage(title: str) -> float:
-        echo(f"\n== {title}")
+        echo(f"\n== {title}   [{_clock(time.time() - started)}]")
         return time.time()
 
-    t = stage(f"1/6 synthesising {config.n_train} training + {config.n_test} held-out BraTS 2021-style cases "
+    t = stage(f"1/7 synthesising {config.n_train} training + {config.n_test} held-out BraTS 2021-style cases "
               f"({'x'.join(map(str, config.shape))} voxels, MNI152 anatomy)")
     write_brats_folder(work / "brats_train", config.n_train, seed=config.seed, shape=config.shape)
     write_brats_folder(work / "brats_test", config.n_test, seed=config.seed + 10_000, shape=config.shape)
     result.seconds["synth"] = time.time() - t
 
-    t = stage("2/6 converting to nnU-Net datasets (Dataset137 convention)")
+    t = stage("2/7 converting to nnU-Net datasets (Dataset137 convention)")
     raw = Path(env["nnUNet_raw"])
     train_ds = convert_brats(work / "brats_train", TRAIN_ID, "DemoBraTS", raw_root=raw)
     test_ds = convert_brats(work / "brats_test", TEST_ID, "DemoBraTSTest", raw_root=raw)
     echo(f"    {train_ds}\n    {test_ds}")
     result.seconds["convert"] = time.time() - t
 
-    t = stage("3/6 nnUNetv2_plan_and_preprocess")
+    t = stage("3/7 nnUNetv2_plan_and_preprocess")
     run_logged([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_ID), "-c", "3d_fullres", "-np", "2",
                 "--verify_dataset_integrity"], env, logs / "plan_and_preprocess.log", show_all, echo)
     result.seconds["plan_and_preprocess"] = time.time() - t
 
-    t = stage(f"4/6 selecting {'+'.join(config.keep)} of the held-out cases (2 files per case)")
-    limited = work / f"test_{'_'.join(m.lower() for m in config.keep)}"
-    select_modalities(test_ds / "imagesTr", limited, list(config.keep))
-    echo(f"    {limited}")
-    result.seconds["select"] = time.time() - t
-
+    results_dir = Path(env["nnUNet_results"]) / train_ds.name
     trainers = [config.trainer] + ([config.baseline] if config.baseline else [])
     for trainer in trainers:
-        t = stage(f"5/6 nnUNetv2_train {TRAIN_ID} 3d_fullres 0 -tr {trainer}  (tiny CPU schedule)")
+        t = stage(f"4/7 nnUNetv2_train {TRAIN_ID} 3d_fullres 0 -tr {trainer}  (CPU schedule sized to this machine)")
         run_logged([str(bin_dir / "nnUNetv2_train"), str(TRAIN_ID), "3d_fullres", "0", "-tr", trainer,
                     "-device", config.device], env, logs / f"train_{trainer}.log", highlight, echo)
         result.seconds[f"train {trainer}"] = time.time() - t
 
-        t = stage(f"6/6 nnUNetv2_predict -tr {trainer} on {'+'.join(config.keep)} only, then BraTS metrics")
+    t = stage(f"5/7 nnunet-kd export-teacher -d {TRAIN_ID} -tr {config.trainer}  (the teacher as a 4-channel model)")
+    run_logged(cli + ["export-teacher", "-d", str(TRAIN_ID), "-tr", config.trainer, "-f", "0"], env,
+               logs / "export_teacher.log", lambda line: True, echo)
+    result.seconds["export-teacher"] = time.time() - t
+
+    t = stage("6/7 held-out cases missing different modalities -> one `nnunet-kd predict`")
+    mixed = work / "test_mixed_modalities"
+    result.availability = write_mixed_cases(test_ds / "imagesTr", mixed, config.n_test, config.seed)
+    for case, kept in result.availability.items():
+        echo(f"    {case}: {' + '.join(kept)}")
+    for trainer in trainers:
         pred = work / "predictions" / trainer
-        # stock nnU-Net only counts a case's files: check they are the trained student's modalities
-        expected = check_input_folder(Path(env["nnUNet_results"]) / train_ds.name /
-                                      f"{trainer}__nnUNetPlans__3d_fullres", limited)
-        echo(f"    check-inputs: every case has exactly the model's files, {expected.describe()}")
-        run_logged([str(bin_dir / "nnUNetv2_predict"), "-i", str(limited), "-o", str(pred), "-d", str(TRAIN_ID),
-                    "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", config.device, "-npp", "1",
-                    "-nps", "1"], env, logs / f"predict_{trainer}.log", show_all, echo)
-        _, summary = evaluate_folders(pred, test_ds / "labelsTr", out_dir=work / "evaluation" / trainer,
-                                      progress=False)
-        result.summaries[trainer] = summary
-        result.seconds[f"predict+evaluate {trainer}"] = time.time() - t
+        cmd = cli + ["predict", "-i", str(mixed), "-o", str(pred), "-d", str(TRAIN_ID), "-c", "3d_fullres",
+                     "-f", "0", "--device", config.device, "-npp", "1", "-nps", "1"]
+        if trainer != config.trainer:  # the baseline takes the groups the KD student would take
+            folder = results_dir / f"{trainer}__nnUNetPlans__3d_fullres"
+            cmd += ["--models", f"{','.join(config.keep)}={folder}", f"T1ce,T2,FLAIR={folder}"]
+        log_file = logs / f"predict_{trainer}.log"
+        run_logged(cmd, env, log_file, lambda line: True, echo, ok_codes=(0, EXIT_REFUSED))
+        routing = json.loads((pred / "routing.json").read_text())
+        result.refused = [f"{case}: {group['reason']}" for group in routing["groups"] if not group.get("model_folder")
+                          for case in group["cases"]]
+    result.seconds["predict"] = time.time() - t
+
+    t = stage("7/7 BraTS metrics per availability group, then `nnunet-kd report`")
+    _evaluate(work, trainers, test_ds / "labelsTr", result)
+    report = work / "report"
+    cmd = cli + ["report", *[f"{tr}={work / 'evaluation' / tr}" for tr in trainers], "-o", str(report),
+                 "--images", str(test_ds / "imagesTr"),
+                 "--training-log", f"{config.trainer}={results_dir / f'{config.trainer}__nnUNetPlans__3d_fullres'}"
+                                   f"/fold_0"]
+    run_logged(cmd, env, logs / "report.log", show_all, echo)
+    result.pictures = sorted(report.rglob("*.png"))
+    result.seconds["evaluate+report"] = time.time() - t
+    result.seconds["total"] = time.time() - started
     return result
 
 
+def write_mixed_cases(images: Path, out: Path, n: int, seed: int) -> dict[str, tuple[str, ...]]:
+    """Copy each held-out case with only some of its ``_000X`` files (:func:`availability_patterns`)."""
+    from nnunet_kd.brats import MODALITIES, channel_suffix
+
+    cases = sorted({p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz")})
+    out.mkdir(parents=True, exist_ok=True)
+    kept: dict[str, tuple[str, ...]] = {}
+    for case, pattern in zip(cases, availability_patterns(n, seed)):
+        for modality in pattern:
+            name = f"{case}{channel_suffix(MODALITIES.index(modality))}.nii.gz"
+            shutil.copyfile(images / name, out / name)
+        kept[case] = pattern
+    return kept
+
+
+def _evaluate(work: Path, trainers: Sequence[str], labels: Path, result: DemoResult) -> None:
+    """Scores of the predicted cases (refused ones have no segmentation) per model and availability group."""
+    from nnunet_kd.evaluation.evaluate import evaluate_folders
+    from nnunet_kd.subsets.routing import format_scores_by_group, scores_by_group
+
+    for trainer in trainers:
+        pred = work / "predictions" / trainer
+        reference = work / "labels_predicted" / trainer  # the labels of the cases that got a segmentation
+        reference.mkdir(parents=True, exist_ok=True)
+        for seg in pred.glob("*.nii.gz"):
+            shutil.copyfile(labels / seg.name, reference / seg.name)
+        rows, summary = evaluate_folders(pred, reference, out_dir=work / "evaluation" / trainer, progress=False)
+        result.summaries[trainer] = summary
+        result.groups[trainer] = format_scores_by_group(
+            scores_by_group(rows, json.loads((pred / "routing.json").read_text())))
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
 def format_results(result: DemoResult) -> str:
-    """The demo's closing table (mean Dice / HD95 per region and model) and where its outputs lie."""
-    lines = ["", "== Held-out cases, student on FLAIR + T1ce only (mean over cases)", "",
-             f"{'model':40s} {'Dice WT':>8s} {'Dice TC':>8s} {'Dice ET':>8s} {'HD95 WT':>8s} {'HD95 TC':>8s} "
-             f"{'HD95 ET':>8s}"]
-    for trainer, summary in result.summaries.items():
-        regions = summary["metrics"]
-        cells = []
-        for metric in ("dice", "hd95"):
-            for region in ("WT", "TC", "ET"):
-                cells.append(f"{regions[region][metric]['mean']:8.3f}")
-        lines.append(f"{trainer:40s} " + " ".join(cells))
+    """The demo's closing tables (Dice / HD95 per availability group and model) and where its outputs lie."""
+    lines = ["", "== Held-out cases: mean Dice / HD95 (mm) per availability group (routing in predictions/*/routing.json)"]
+    for trainer, table in result.groups.items():
+        lines += ["", f"{trainer}:", *("  " + line for line in table.splitlines())]
+    if result.refused:
+        lines += ["", "Refused (no model takes what these cases have; nnUNetTrainerBarlowKD_AnySubset would):"]
+        lines += [f"  {line}" for line in result.refused]
     lines += [
         "",
         "These numbers come from a tiny CPU run (minutes, synthetic data) and say nothing about accuracy on real",
         "BraTS data; docs/reproduce.md has the GPU protocol.",
         "",
+        "Pictures (segmentations over FLAIR, score distributions, KD training progress):",
+        *(f"  {p}" for p in result.pictures),
+        "",
         f"Outputs in {result.workdir}:",
         "  nnUNet_raw/ nnUNet_preprocessed/ nnUNet_results/   the nnU-Net folders (export them to keep using the model)",
-        "  predictions/<trainer>/                             segmentations of the held-out cases",
-        "  evaluation/<trainer>/                              per_case.csv, summary.csv, summary.json",
-        "  logs/                                              full output of every nnU-Net command",
+        "  test_mixed_modalities/                             held-out cases, each missing different modalities",
+        "  predictions/<trainer>/                             segmentations + routing.json (which model took which case)",
+        "  evaluation/<trainer>/ report/                      per-case and summary scores; report.md with the pictures",
+        "  logs/                                              full output of every command",
         "  Timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items()),
     ]
     return "\n".join(lines)

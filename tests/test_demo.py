@@ -33,18 +33,30 @@ def test_demo_needs_enough_cases_for_five_folds(tmp_path: Path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_with_smoke_schedule(tmp_path: Path, capsys):
+    import json
+
     work = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(work), "--cases", "5", "--test-cases", "2", "--shape", "32",
+    assert main(["demo", "--workdir", str(work), "--cases", "5", "--test-cases", "4", "--shape", "32",
                  "--trainer", "nnUNetTrainerBarlowKD_smoke"]) == 0
     out = capsys.readouterr().out
-    assert "nnUNetTrainerBarlowKD_smoke" in out and "Dice WT" in out and "tiny CPU run" in out
-    assert "check-inputs: every case has exactly the model's files, T1ce (_0001), FLAIR (_0003)" in out
+    assert "tiny CPU run" in out and "T1ce+FLAIR" in out and "WT_dice" in out
     assert (work / MARKER).is_file()
-    preds = sorted((work / "predictions" / "nnUNetTrainerBarlowKD_smoke").glob("*.nii.gz"))
-    assert len(preds) == 2
-    assert sorted(p.name for p in (work / "test_flair_t1ce").iterdir())[:2] == [
-        "BraTS2021_00000_0001.nii.gz", "BraTS2021_00000_0003.nii.gz"]
+    pred = work / "predictions" / "nnUNetTrainerBarlowKD_smoke"
+    routing = json.loads((pred / "routing.json").read_text())
+    by_group = {g["group"]: g for g in routing["groups"]}
+    # one case per pattern: teacher for all four, student for T1ce+FLAIR and (ignoring T2) T1ce+T2+FLAIR, FLAIR refused
+    assert by_group["T1+T1ce+T2+FLAIR"]["trainer"] == "nnUNetTrainerBarlowKD_smoke_teacher"
+    assert by_group["T1ce+FLAIR"]["trainer"] == by_group["T1ce+T2+FLAIR"]["trainer"] == "nnUNetTrainerBarlowKD_smoke"
+    assert by_group["T1ce+T2+FLAIR"]["files_ignored"] == ["_0002"]
+    assert by_group["FLAIR"]["rule"] == "refused" and "Refused" in out
+    refused = by_group["FLAIR"]["cases"]
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == sorted(
+        f"{c}.nii.gz" for c in routing["cases"] if c not in refused)
     assert (work / "evaluation" / "nnUNetTrainerBarlowKD_smoke" / "summary.json").is_file()
+    report = work / "report"
+    assert (report / "report.md").is_file() and list((report / "overlays").glob("*.png"))
+    assert any(p.name.startswith("training_") for p in report.glob("*.png"))
+    assert str(report / "overlays") in out  # the pictures' paths are printed
 
 
 def test_demo_epochs_fit_the_budget_and_stay_within_bounds():
