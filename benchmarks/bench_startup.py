@@ -16,7 +16,8 @@ folder. Each timed sample here is one fresh ``python`` process doing exactly tha
   nnunet_kd.trainer_registry.nnunet_kd_trainers import *``), i.e. what the registry did before it was lazy.
 
 Samples are interleaved (order rotated each round) after one warm-up round. Goal: ours <= 1.05 x stock (ratio of
-medians). The full ``nnUNetv2_predict`` command, start-up included, is timed by ``bench_inference``.
+medians of wall time). The CPU time (user + system) of each process is recorded too: on a shared, overloaded
+machine it moves far less than wall time, so its ratio is the steadier reading of the same start-up work. The full ``nnUNetv2_predict`` command, start-up included, is timed by ``bench_inference``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ _STARTUP = (
 )
 
 
-def _process(name: str, ext_folder: Path, threads: int | None) -> Callable[[], None]:
+def _process(name: str, ext_folder: Path, threads: int | None, cpu_seconds: list[float]) -> Callable[[], None]:
+    """One start-up in a fresh process; appends its CPU time (user + system, from the reaped child) to the list."""
     import os
+    import resource
 
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     env["nnUNet_extTrainer"] = str(ext_folder)
@@ -56,7 +59,10 @@ def _process(name: str, ext_folder: Path, threads: int | None) -> Callable[[], N
         env["OMP_NUM_THREADS"] = str(threads)
 
     def call() -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run([sys.executable, "-c", _STARTUP, name], env=env, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if proc.returncode != 0:
             raise RuntimeError(f"look-up of {name} failed:\n{proc.stderr[-2000:]}")
 
@@ -72,11 +78,13 @@ def run(repeats: int = 5, warmup: int = 1, out_dir: Path | None = None, threads:
         eager = Path(tmp)
         (eager / "eager_trainers.py").write_text(
             "from nnunet_kd.trainer_registry.nnunet_kd_trainers import *  # noqa: F401,F403\n")
-        calls = {"stock": _process(STOCK, trainer_registry_folder(), threads),
-                 "ours": _process(OURS, trainer_registry_folder(), threads),
-                 "eager": _process(OURS, eager, threads)}
+        cpu: dict[str, list[float]] = {"stock": [], "ours": [], "eager": []}
+        calls = {"stock": _process(STOCK, trainer_registry_folder(), threads, cpu["stock"]),
+                 "ours": _process(OURS, trainer_registry_folder(), threads, cpu["ours"]),
+                 "eager": _process(OURS, eager, threads, cpu["eager"])}
         log(f"start-up: fresh processes, {warmup} warm-up + {repeats} interleaved rounds")
         samples = common.interleaved(calls, repeats, warmup, log=log)
+        cpu = {k: v[warmup:] for k, v in cpu.items()}
     result = {
         "benchmark": "startup",
         "what": "fresh python process: import nnU-Net's predictor, recursive_find_trainer_class_by_name(name)",
@@ -85,6 +93,10 @@ def run(repeats: int = 5, warmup: int = 1, out_dir: Path | None = None, threads:
         "stats": {k: common.stats(v) for k, v in samples.items()},
         "ratio_ours_stock": common.ratios(samples["ours"], samples["stock"]),
         "ratio_eager_stock": common.ratios(samples["eager"], samples["stock"]),
+        "cpu_samples_s": cpu,
+        "cpu_stats": {k: common.stats(v) for k, v in cpu.items()},
+        "cpu_ratio_ours_stock": common.ratios(cpu["ours"], cpu["stock"]),
+        "cpu_ratio_eager_stock": common.ratios(cpu["eager"], cpu["stock"]),
         "goal": {"ours_over_stock_max": GOAL_MAX},
         "machine": common.machine_info("cpu"),
         "load_average_after": list(_loadavg()),
@@ -109,6 +121,8 @@ def summary_lines(result: dict) -> list[str]:
         f"ours {s['ours']['median']:.3f}, eager registry {s['eager']['median']:.3f}",
         f"ours / stock: {common.fmt_ratio(result['ratio_ours_stock'])} (goal <= {GOAL_MAX}: "
         f"{'met' if result['goal']['met'] else 'MISSED'}); eager / stock: {common.fmt_ratio(result['ratio_eager_stock'])}",
+        f"CPU time (user + system of the process), ours / stock: {common.fmt_ratio(result['cpu_ratio_ours_stock'])}; "
+        f"eager / stock: {common.fmt_ratio(result['cpu_ratio_eager_stock'])}",
         f"load average after the run: {', '.join(f'{x:.2f}' for x in result['load_average_after'])}",
     ]
 
