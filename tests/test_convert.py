@@ -352,3 +352,21 @@ def test_dataset_id_must_name_one_dataset_across_the_nnunet_folders(tmp_path, mo
     with pytest.raises(ConfigurationError, match=r"dataset id 030 is already used by .*res/Dataset030_Old"):
         convert_brats(src, 30, overwrite=True, progress=False)
     assert leftovers(tmp_path / "raw") == ["Dataset030_BraTS"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.uint32, np.float32])
+def test_label_remap_of_every_dtype_matches_a_plain_lookup(dtype):
+    from nnunet_kd.brats import get_convention
+
+    conv = get_convention("2021")
+    seg = np.random.default_rng(0).choice([0, 1, 2, 4], size=(7, 6, 5)).astype(dtype)
+    expected = np.vectorize(lambda v: conv.to_canonical[int(v)])(seg)
+    out = conv.to_canonical_array(seg)
+    assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    seg[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"label value\(s\) \[3\] not allowed in the 2021 convention"):
+        conv.to_canonical_array(seg)
+    if dtype == np.int16:
+        seg[0, 0, 0] = -1
+        with pytest.raises(ValueError, match=r"\[-1\] not allowed"):
+            conv.to_canonical_array(seg)
