@@ -53,6 +53,7 @@ class Geometry:
 GEOMETRIES: dict[str, Geometry] = {
     "small": Geometry("small", (40, 40, 40), 6, 2, "40^3 grid, ~4 mm voxels: small patch for CPU timing"),
     "brats": Geometry("brats", (149, 185, 159), 6, 2, "1 mm isotropic, brain-sized like BraTS: the real plans"),
+    "tiny": Geometry("tiny", (32, 32, 32), 5, 0, "32^3 grid, 5 cases: scripts/gpu_check.sh --cpu, tested in CI"),
 }
 
 

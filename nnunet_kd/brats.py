@@ -142,14 +142,19 @@ class LabelConvention:
 
 
 def _remap(seg: np.ndarray, mapping: Mapping[int, int], convention: str) -> np.ndarray:
+    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    if seg.dtype.kind in "ui" and seg.dtype.itemsize <= 4 and seg.size:  # integer labels: count, no sort
+        if seg.min() >= 0 and seg.max() < lut.size:
+            present = np.flatnonzero(np.bincount(seg.ravel(), minlength=lut.size))
+            if all(int(v) in mapping for v in present):
+                return lut[seg]
     values = np.unique(seg)
     unexpected = [int(v) for v in values if int(v) not in mapping or v != int(v)]
     if unexpected:
         raise ValueError(f"label value(s) {unexpected} not allowed in the {convention} convention "
                          f"(allowed: {sorted(mapping)})")
-    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for src, dst in mapping.items():
-        lut[src] = dst
     return lut[seg.astype(np.int64)]
 
 

@@ -130,6 +130,16 @@ def _corrupt(src: Path, problem: str) -> tuple[str, str]:
         data = t1.read_bytes()
         t1.write_bytes(data[: len(data) // 2])
         return "cannot read T1 file", t1.name
+    if problem == "truncated_gz_tail":  # SimpleITK reads this one without complaint (see the test below)
+        flair = case / "BraTS2021_00001_flair.nii.gz"
+        write(flair, np.random.default_rng(0).random((10, 9, 8)).astype(np.float32))
+        flair.write_bytes(flair.read_bytes()[:-30])
+        return "truncated", flair.name
+    if problem == "short_payload_gz":  # a complete gzip stream holding fewer voxel bytes than the header says
+        t2 = case / "BraTS2021_00001_t2.nii.gz"
+        write(t2, np.ones((10, 9, 8), np.float32))
+        t2.write_bytes(gzip.compress(gzip.decompress(t2.read_bytes())[:-40]))
+        return "truncated", t2.name
     if problem == "truncated_nii":
         t1.unlink()
         nii = case / "BraTS2021_00001_t1.nii"
@@ -140,7 +150,7 @@ def _corrupt(src: Path, problem: str) -> tuple[str, str]:
 
 
 BAD_INPUTS = ["missing_modality", "unexpected_label", "seg_shape", "modality_shape", "modality_spacing", "garbage",
-              "truncated_gz", "truncated_nii"]
+              "truncated_gz", "truncated_gz_tail", "short_payload_gz", "truncated_nii"]
 
 
 @pytest.mark.parametrize("problem", BAD_INPUTS)
@@ -155,6 +165,20 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, problem):
     assert message.startswith("case BraTS2021_00001: "), message
     assert text in message and filename in message, message
     assert leftovers(raw) == []  # neither Dataset009_* nor the hidden temp folder
+
+
+def test_images_are_copied_byte_for_byte_also_from_multi_member_gzip(tmp_path):
+    src, raw = tmp_path / "src", tmp_path / "raw"
+    make_2021(src, n=2)
+    flair = _case(src) / "BraTS2021_00001_flair.nii.gz"
+    data = gzip.decompress(flair.read_bytes())
+    flair.write_bytes(gzip.compress(data[:100]) + gzip.compress(data[100:]))  # two gzip members, as `cat a.gz b.gz`
+    out = convert_brats(src, 9, raw_root=raw, progress=False)
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        for index, modality in enumerate(MODALITIES):
+            source = src / case / f"{case}_{modality.lower()}.nii.gz"
+            [copied] = out.glob(f"images*/{case}_{index:04d}.nii.gz")
+            assert copied.read_bytes() == source.read_bytes(), source
 
 
 def test_corrupt_gzip_is_detected_even_though_simpleitk_reads_it(tmp_path):
@@ -328,3 +352,21 @@ def test_dataset_id_must_name_one_dataset_across_the_nnunet_folders(tmp_path, mo
     with pytest.raises(ConfigurationError, match=r"dataset id 030 is already used by .*res/Dataset030_Old"):
         convert_brats(src, 30, overwrite=True, progress=False)
     assert leftovers(tmp_path / "raw") == ["Dataset030_BraTS"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.uint32, np.float32])
+def test_label_remap_of_every_dtype_matches_a_plain_lookup(dtype):
+    from nnunet_kd.brats import get_convention
+
+    conv = get_convention("2021")
+    seg = np.random.default_rng(0).choice([0, 1, 2, 4], size=(7, 6, 5)).astype(dtype)
+    expected = np.vectorize(lambda v: conv.to_canonical[int(v)])(seg)
+    out = conv.to_canonical_array(seg)
+    assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    seg[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"label value\(s\) \[3\] not allowed in the 2021 convention"):
+        conv.to_canonical_array(seg)
+    if dtype == np.int16:
+        seg[0, 0, 0] = -1
+        with pytest.raises(ValueError, match=r"\[-1\] not allowed"):
+            conv.to_canonical_array(seg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 
@@ -20,13 +19,79 @@ def test_ext_path_prints_the_registry_folder(capsys):
     assert capsys.readouterr().out.strip() == f"export {EXT_TRAINER}={trainer_registry_folder()}"
 
 
-def test_registry_folder_holds_only_reexport_modules():
+def test_registry_folder_holds_only_the_lazy_registry_module():
     folder = trainer_registry_folder()
-    modules = sorted(p.name for p in folder.glob("*.py"))
-    assert modules == ["__init__.py", "nnunet_kd_trainers.py"]
-    tree = ast.parse((folder / "nnunet_kd_trainers.py").read_text())
-    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-    assert body and all(isinstance(n, ast.ImportFrom) and n.module.startswith("nnunet_kd.trainers.") for n in body)
+    assert sorted(p.name for p in folder.glob("*.py")) == ["__init__.py", "nnunet_kd_trainers.py"]
+    assert not [p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"]
+
+
+def test_registry_lists_every_trainer_class_and_each_name_resolves():
+    import importlib
+    import inspect
+    import pkgutil
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_kd.trainers
+    from nnunet_kd.trainer_registry import nnunet_kd_trainers as registry
+
+    defined = {}
+    for info in pkgutil.iter_modules(nnunet_kd.trainers.__path__):
+        module = importlib.import_module(f"nnunet_kd.trainers.{info.name}")
+        defined.update({name: info.name for name, obj in vars(module).items()
+                        if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__
+                        and name.startswith("nnUNetTrainer")})
+    listed = {name: module for module, names in registry.TRAINERS.items() for name in names}
+    assert listed == defined
+    for name, module in listed.items():
+        cls = getattr(registry, name)
+        assert cls is getattr(importlib.import_module(f"nnunet_kd.trainers.{module}"), name)
+    assert set(registry.__all__) == set(listed) and set(listed) <= set(dir(registry))
+    assert getattr(registry, "nnUNetTrainerDoesNotExist", None) is None
+    with pytest.raises(AttributeError, match="nnUNetTrainerDoesNotExist"):
+        registry.nnUNetTrainerDoesNotExist  # noqa: B018
+
+
+_LOOKUP_SCRIPT = """
+import contextlib, io, json, sys
+sys.path.insert(0, sys.argv[1])
+import nnunet_kd_trainers  # as nnU-Net imports it: by file, from the nnUNet_extTrainer folder
+sys.path.pop(0)
+cheap = sorted(m for m in sys.modules if m.startswith(("nnunet_kd.trainers", "nnunetv2")) or m == "torch")
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
+with contextlib.redirect_stdout(io.StringIO()):
+    smoke = find("nnUNetTrainer_smoke")
+after_smoke = sorted(m for m in sys.modules if m.startswith("nnunet_kd.trainers."))
+found = {}
+with contextlib.redirect_stdout(io.StringIO()):
+    for name in [names[-1] for names in nnunet_kd_trainers.TRAINERS.values()]:  # one per module: each walk is slow
+        cls = find(name)
+        found[name] = f"{cls.__module__}.{cls.__qualname__}"
+print(json.dumps({"cheap": cheap, "after_smoke": after_smoke, "smoke": smoke.__module__, "found": found}))
+"""
+
+
+def test_nnunet_finds_every_trainer_and_imports_only_what_it_asks_for():
+    """nnU-Net's own look-up (recursive_find_trainer_class_by_name, as nnUNetv2_train/_predict call it) in a fresh
+    process: the registry module imports nothing heavy, one name imports only its module, a name of each trainer
+    module is found (test_registry_lists_every_trainer_class_and_each_name_resolves checks the other names)."""
+    import json
+    import sys
+
+    from nnunet_kd.trainer_registry.nnunet_kd_trainers import TRAINERS
+
+    env = environment_with_trainers({k: v for k, v in os.environ.items() if k != EXT_TRAINER})
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", _LOOKUP_SCRIPT, str(trainer_registry_folder())],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cheap"] == []
+    assert out["smoke"] == "nnunet_kd.trainers.smoke"
+    assert "nnunet_kd.trainers.smoke" in out["after_smoke"]
+    assert not {"nnunet_kd.trainers.distill", "nnunet_kd.trainers.any_subset", "nnunet_kd.trainers.architectures",
+                "nnunet_kd.trainers.pixel_kd"} & set(out["after_smoke"])
+    expected = {names[-1]: f"nnunet_kd.trainers.{module}.{names[-1]}" for module, names in TRAINERS.items()}
+    assert out["found"] == expected
 
 
 def test_environment_with_trainers_appends_once():

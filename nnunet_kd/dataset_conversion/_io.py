@@ -83,6 +83,101 @@ def read_image(path: Path, case_id: str, role: str) -> sitk.Image:
     return image
 
 
+class ImageInfo:
+    """The header of a NIfTI file as SimpleITK reads it (size, spacing, origin, direction, components), no voxels.
+
+    Offers the ``sitk.Image`` getters that :func:`geometry_mismatch` and the converter's checks use.
+    """
+
+    def __init__(self, reader: sitk.ImageFileReader):
+        self._size = tuple(reader.GetSize())
+        self._spacing = tuple(reader.GetSpacing())
+        self._origin = tuple(reader.GetOrigin())
+        self._direction = tuple(reader.GetDirection())
+        self._components = int(reader.GetNumberOfComponents())
+
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802 (the sitk.Image names)
+        return self._size
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self._spacing
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return self._origin
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self._direction
+
+    def GetDimension(self) -> int:  # noqa: N802
+        return len(self._size)
+
+    def GetNumberOfComponentsPerPixel(self) -> int:  # noqa: N802
+        return self._components
+
+
+def _gunzip(data: bytes) -> bytes:
+    """The decompressed content of gzip ``data`` (all members); ValueError when it is truncated or corrupt."""
+    parts = []
+    rest = data
+    while True:
+        dec = zlib.decompressobj(31)
+        try:
+            parts.append(dec.decompress(rest))
+        except zlib.error as e:
+            raise ValueError(f"corrupt compressed data ({e})") from None
+        if not dec.eof:
+            raise ValueError("compressed data end early (truncated file)")
+        rest = dec.unused_data
+        if not rest.strip(b"\0"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _nifti_end_from_bytes(raw: bytes) -> int:
+    """Byte offset where the voxel data end, from the NIfTI-1 or NIfTI-2 header at the start of ``raw``."""
+    import io
+
+    import nibabel as nib
+
+    header = None
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            header = klass.from_fileobj(io.BytesIO(raw[:1024]))
+            break
+        except Exception:  # wrong sizeof_hdr for this version: try the next
+            continue
+    if header is None:
+        raise ValueError("not a NIfTI-1 or NIfTI-2 file")
+    n_voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+    return int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+
+
+def copy_checked_nifti_gz(path: Path, dst: Path, case_id: str, role: str) -> ImageInfo:
+    """Copy a ``.nii.gz`` file byte for byte to ``dst`` after checking it, reading the file once.
+
+    The compressed bytes are read once: SimpleITK reads the header (geometry, as :func:`read_image` would give
+    it), the bytes are decompressed in memory to check the stream is complete and holds all the voxels the
+    header announces, and the same bytes are written to ``dst``. Costs one decompression, about a bare read
+    (:func:`read_image` plus a copy decompressed twice). Any failure is one :class:`InputDataError` line.
+    """
+    if not path.is_file():
+        raise InputDataError(f"case {case_id}: missing {role} file {path}")
+    try:
+        data = path.read_bytes()
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        info = ImageInfo(reader)
+        raw = _gunzip(data)
+        end = _nifti_end_from_bytes(raw)
+        if len(raw) < end:
+            raise ValueError(f"file holds {len(raw)} bytes of data, its header needs {end} (truncated file)")
+        del raw
+    except Exception as e:  # SimpleITK, nibabel, zlib and OS errors alike
+        raise InputDataError(f"case {case_id}: cannot read {role} file {path}: {one_line(e)}") from None
+    dst.write_bytes(data)
+    return info
+
+
 def write_image(image: sitk.Image, path: Path) -> None:
     """Write ``image`` compressed (``.nii.gz``)."""
     sitk.WriteImage(image, str(path), True)

@@ -14,8 +14,9 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
 
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
 and direction across modalities and segmentation, only the release's label values. Images keep their
-voxel values, type and geometry (``.nii.gz`` sources are copied byte for byte after the checks; ``.nii`` and
-MSD 4D files are re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to
+voxel values, type and geometry (``.nii.gz`` sources are copied byte for byte, checked from the same bytes in
+one read: SimpleITK reads the header, the stream is decompressed once in memory to check it is complete;
+``.nii`` and MSD 4D files are read fully and re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to
 the target and renamed into place at the end; any error removes it.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ import SimpleITK as sitk
 
 from nnunet_kd.brats import MODALITIES, RESECTION_CAVITY, channel_suffix, get_convention, make_dataset_json
 from nnunet_kd.dataset_conversion._io import (
+    ImageInfo,
+    copy_checked_nifti_gz,
     geometry_mismatch,
     one_line,
     read_image,
@@ -126,10 +128,21 @@ def convert_case(case: BratsCase, out: Path) -> bool:
 
 def _convert_case(case: BratsCase, out: Path) -> bool:
     images_dir = out / ("imagesTr" if case.seg is not None else "imagesTs")
+    dst = {m: images_dir / f"{case.case_id}{channel_suffix(i)}{FILE_ENDING}" for i, m in enumerate(MODALITIES)}
+    # .nii.gz images are checked and copied in one read (header geometry + complete stream); the others are
+    # read fully and re-written compressed. Files written before a later check fails go with the staged folder.
+    copied = set()
     if case.is_4d:
         volumes = _split_4d(case)
     else:
-        volumes = {m: read_image(case.images[m], case.case_id, m) for m in MODALITIES}
+        volumes = {}
+        for m in MODALITIES:
+            src = case.images[m]
+            if src.name.endswith(".nii.gz"):
+                volumes[m] = copy_checked_nifti_gz(src, dst[m], case.case_id, m)
+                copied.add(m)
+            else:
+                volumes[m] = read_image(src, case.case_id, m)
     reference_name = MODALITIES[0]
     reference = volumes[reference_name]
     for modality in MODALITIES:
@@ -147,13 +160,9 @@ def _convert_case(case: BratsCase, out: Path) -> bool:
 
     if case.seg is not None:
         _write_seg(case, case.seg, reference, out / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
-    for index, modality in enumerate(MODALITIES):
-        dst = images_dir / f"{case.case_id}{channel_suffix(index)}{FILE_ENDING}"
-        src = case.images[modality]
-        if not case.is_4d and src.name.endswith(".nii.gz"):
-            shutil.copyfile(src, dst)
-        else:
-            write_image(volumes[modality], dst)
+    for modality in MODALITIES:
+        if modality not in copied:
+            write_image(volumes[modality], dst[modality])
     return case.seg is not None
 
 
@@ -177,7 +186,7 @@ def _split_4d(case: BratsCase) -> dict[str, sitk.Image]:
     return volumes
 
 
-def _write_seg(case: BratsCase, seg_path: Path, reference: sitk.Image, dst: Path) -> None:
+def _write_seg(case: BratsCase, seg_path: Path, reference: sitk.Image | ImageInfo, dst: Path) -> None:
     seg = read_image(seg_path, case.case_id, "segmentation")
     if seg.GetDimension() != 3 or seg.GetNumberOfComponentsPerPixel() != 1:
         raise InputDataError(f"case {case.case_id}: segmentation file {seg_path} is not a 3D scalar volume")
