@@ -258,7 +258,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
             folder = results_dir / f"{trainer}__nnUNetPlans__3d_fullres"
             cmd += ["--models", f"{','.join(config.keep)}={folder}", f"T1ce,T2,FLAIR={folder}"]
         log_file = logs / f"predict_{trainer}.log"
-        run_logged(cmd, env, log_file, lambda line: True, echo, ok_codes=(0, EXIT_REFUSED))
+        run_logged(cmd, env, log_file, _not_a_warning, echo, ok_codes=(0, EXIT_REFUSED))
         routing = json.loads((pred / "routing.json").read_text())
         result.refused = [f"{case}: {group['reason']}" for group in routing["groups"] if not group.get("model_folder")
                           for case in group["cases"]]
@@ -308,6 +308,11 @@ def _evaluate(work: Path, trainers: Sequence[str], labels: Path, result: DemoRes
         result.summaries[trainer] = summary
         result.groups[trainer] = format_scores_by_group(
             scores_by_group(rows, json.loads((pred / "routing.json").read_text())))
+
+
+def _not_a_warning(line: str) -> bool:
+    """Lines of ``nnunet-kd predict`` worth showing: all but library deprecation warnings (they stay in the log)."""
+    return "Warning:" not in line and "warnings.warn(" not in line
 
 
 def _clock(seconds: float) -> str:
