@@ -3,7 +3,7 @@
 plus ``nnUNetTrainerModalityEncoderUNet`` (per-modality encoders, shared decoder; not a seed model).
 
 Each trainer is stock ``nnUNetTrainer`` (data loading, augmentation, region-based Dice + BCE on WT/TC/ET from
-dataset.json, deep supervision, poly-LR SGD) with only ``build_network_architecture`` overridden; the network
+dataset.json, deep supervision, poly-LR SGD) with only the network class set (:class:`ArchitectureTrainer`); the network
 geometry comes from the plans (:meth:`~nnunet_kd.networks.common.UNetSpec.from_configuration`), so patch size,
 spacing and number of stages follow ``nnUNetv2_plan_and_preprocess``. ``nnUNetv2_predict`` rebuilds the network
 through the same method (with ``enable_deep_supervision=False``).
@@ -71,38 +71,53 @@ class AuxiliaryLoss(nn.Module):
         return mean
 
 
-class nnUNetTrainerUNet(nnUNetTrainer):
-    """3D U-Net after Isensee et al. 2018: InstanceNorm, LeakyReLU, trilinear upsampling in the decoder."""
+class ArchitectureTrainer(nnUNetTrainer):
+    """Stock nnU-Net training of :attr:`network_class` built from the plans; a variant sets that attribute (and,
+    for extra constructor arguments, overrides :meth:`network_kwargs`).
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        spec = UNetSpec.from_configuration(configuration_manager)
-        return IsenseeUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
-
-
-class nnUNetTrainerResidualUNet(nnUNetTrainer):
-    """Residual U-Net after Myronenko 2018: initial conv + spatial dropout 0.2, pre-activation residual blocks
-    (GroupNorm(8), ReLU) 1, 2, ..., 2, 4 per encoder stage, strided-conv downsampling, one block per decoder stage.
-
-    ``use_vae`` (class attribute; True in :class:`nnUNetTrainerResidualUNet_VAE`) adds the VAE branch that
-    reconstructs the input from the bottleneck, weighted ``vae_l2_weight`` and ``vae_kl_weight`` (0.1 each, as
-    in the paper). It is a classmethod so that ``nnUNetv2_predict`` rebuilds the branch whose weights are in the
-    checkpoint; prediction never runs it.
+    ``build_network_architecture`` is a classmethod so that ``nnUNetv2_predict`` (which calls it on the class)
+    rebuilds the same network.
     """
 
-    use_vae: bool = False
-    vae_l2_weight: float = 0.1
-    vae_kl_weight: float = 0.1
+    network_class: type[nn.Module]
+
+    @classmethod
+    def network_kwargs(cls) -> dict:
+        return {}
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         spec = UNetSpec.from_configuration(configuration_manager)
-        return ResidualUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision,
-                            vae=cls.use_vae, vae_l2_weight=cls.vae_l2_weight, vae_kl_weight=cls.vae_kl_weight)
+        return cls.network_class(spec, num_input_channels, num_output_channels, enable_deep_supervision,
+                                 **cls.network_kwargs())
+
+
+class nnUNetTrainerUNet(ArchitectureTrainer):
+    """3D U-Net after Isensee et al. 2018: InstanceNorm, LeakyReLU, trilinear upsampling in the decoder."""
+
+    network_class = IsenseeUNet
+
+
+class nnUNetTrainerResidualUNet(ArchitectureTrainer):
+    """Residual U-Net after Myronenko 2018: initial conv + spatial dropout 0.2, pre-activation residual blocks
+    (GroupNorm(8), ReLU) 1, 2, ..., 2, 4 per encoder stage, strided-conv downsampling, one block per decoder stage.
+
+    ``use_vae`` (class attribute; True in :class:`nnUNetTrainerResidualUNet_VAE`) adds the VAE branch that
+    reconstructs the input from the bottleneck, weighted ``vae_l2_weight`` and ``vae_kl_weight`` (0.1 each, as
+    in the paper); the branch is part of the network class's arguments so that ``nnUNetv2_predict`` rebuilds the
+    branch whose weights are in the checkpoint; prediction never runs it.
+    """
+
+    network_class = ResidualUNet
+    use_vae: bool = False
+    vae_l2_weight: float = 0.1
+    vae_kl_weight: float = 0.1
+
+    @classmethod
+    def network_kwargs(cls) -> dict:
+        return {"vae": cls.use_vae, "vae_l2_weight": cls.vae_l2_weight, "vae_kl_weight": cls.vae_kl_weight}
 
     def _build_loss(self):
         loss = super()._build_loss()
@@ -127,27 +142,17 @@ class nnUNetTrainerResidualUNet_VAE(nnUNetTrainerResidualUNet):
     use_vae = True
 
 
-class nnUNetTrainerCascadedUNet(nnUNetTrainer):
+class nnUNetTrainerCascadedUNet(ArchitectureTrainer):
     """Cascaded U-Net after Lachinov et al. 2018: U-Nets on the patch downscaled to stage-1 and stage-2
     resolution feed their outputs into the full-resolution U-Net; each member fills one deep-supervision slot."""
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        spec = UNetSpec.from_configuration(configuration_manager)
-        return CascadedUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
+    network_class = CascadedUNet
 
 
-class nnUNetTrainerModalityEncoderUNet(nnUNetTrainer):
+class nnUNetTrainerModalityEncoderUNet(ArchitectureTrainer):
     """One residual encoder per modality, fused per stage into one shared residual decoder (InstanceNorm, ReLU)."""
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        spec = UNetSpec.from_configuration(configuration_manager)
-        return ModalityEncoderUNet(spec, num_input_channels, num_output_channels, enable_deep_supervision)
+    network_class = ModalityEncoderUNet
 
 
 class nnUNetTrainerUNet_smoke(SmokeSchedule, nnUNetTrainerUNet):
