@@ -30,6 +30,7 @@ def test_help_lists_the_options():
 
 
 @pytest.mark.slow
+@pytest.mark.expensive  # 298 s in a quiet run of the whole suite (2-core VM): run with PYTEST_ARGS="-m expensive"
 def test_gpu_check_on_cpu_passes_and_prints_the_table(tmp_path: Path):
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(SCRIPT), "--cpu", "--out", str(out), "--repeats", "1"], capture_output=True,
