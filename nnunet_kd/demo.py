@@ -106,7 +106,7 @@ def validate_config(config: DemoConfig) -> None:
         if parent is not None and not os.access(parent, os.W_OK):
             raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is not writable")
     for trainer in [config.trainer] + ([config.baseline] if config.baseline else []):  # slowest check last
-        _check_trainer(trainer)
+        _check_trainer(trainer, needs_teacher=trainer == config.trainer)
 
 
 def _check_device(device: str) -> None:
@@ -122,22 +122,26 @@ def _check_device(device: str) -> None:
                                  f"use --device cpu")
 
 
-def _check_trainer(name: str) -> None:
-    """The trainer must be one nnU-Net finds (stock or ours), else nnUNetv2_train would fail minutes in."""
+def _check_trainer(name: str, needs_teacher: bool = False) -> None:
+    """The trainer must be one nnU-Net finds (stock or ours), else nnUNetv2_train would fail minutes in; the demo's
+    main trainer must train a teacher (``needs_teacher``), which the demo exports for the cases with all four files."""
     # nnU-Net prints where it searches and imported modules warn about deprecations: keep the demo's output clean
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         from nnunet_kd.trainer_registry import nnunet_kd_trainers
 
-        if isinstance(getattr(nnunet_kd_trainers, name, None), type):
-            return
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        found = getattr(nnunet_kd_trainers, name, None)
+        if not isinstance(found, type):
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-        try:
-            recursive_find_trainer_class_by_name(name)
-        except (RuntimeError, AssertionError):
-            raise ConfigurationError(f"--trainer {name} is neither an nnunet-kd trainer nor one nnU-Net finds "
-                                     f"(e.g. nnUNetTrainerBarlowKD_demo, nnUNetTrainerStudentOnly_demo)") from None
+            try:
+                found = recursive_find_trainer_class_by_name(name)
+            except (RuntimeError, AssertionError):
+                raise ConfigurationError(f"--trainer {name} is neither an nnunet-kd trainer nor one nnU-Net finds "
+                                         f"(e.g. nnUNetTrainerBarlowKD_demo)") from None
+    if needs_teacher and not getattr(found, "use_teacher", False):
+        raise ConfigurationError(f"--trainer {name} trains no teacher; the demo needs a teacher-student KD trainer "
+                                 f"such as nnUNetTrainerBarlowKD_demo (use --baseline for the student-only one)")
 
 
 def _prepare_workdir(workdir: Path) -> None:
@@ -260,8 +264,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
         log_file = logs / f"predict_{trainer}.log"
         run_logged(cmd, env, log_file, _not_a_warning, echo, ok_codes=(0, EXIT_REFUSED))
         routing = json.loads((pred / "routing.json").read_text())
-        result.refused = [f"{case}: {group['reason']}" for group in routing["groups"] if not group.get("model_folder")
-                          for case in group["cases"]]
+        if trainer == config.trainer:  # the baseline's run refuses the same cases
+            result.refused = [f"{case}: {group['reason']}" for group in routing["groups"]
+                              if not group.get("model_folder") for case in group["cases"]]
     result.seconds["predict"] = time.time() - t
 
     t = stage("7/7 BraTS metrics per availability group, then `nnunet-kd report`")

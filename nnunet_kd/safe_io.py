@@ -72,7 +72,8 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
 #: replaced), ``.NAME.nnunet-kd-del-PID`` (an old output being deleted): the temporary siblings of
 #: :func:`staged_folder`. The ``nnunet-kd`` in the name keeps clean-up away from other programs' files.
 _TEMP_SIBLING = re.compile(r"^\.(?P<name>.+)\.nnunet-kd-(?P<tag>tmp|old|del)-(?P<pid>\d+)$")
-#: ``.DatasetXXX_NAME.tmp-PID``: a raw dataset being built by an older nnunet-kd or by make-distill-dataset.
+#: ``.DatasetXXX_NAME.tmp-PID``: a raw dataset left by a killed run of an earlier nnunet-kd version (convert-brats,
+#: make-distill-dataset); both build through :func:`staged_folder` now.
 _DATASET_TEMP = re.compile(r"^\.(?P<name>Dataset\d{3}_.+)\.(?P<tag>tmp)-(?P<pid>\d+)$")
 
 

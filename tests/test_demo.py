@@ -80,3 +80,32 @@ def test_demo_schedule_is_sized_from_a_measured_step(nnunet_env, monkeypatch):
         assert "Demo schedule: one training step took" in log and "-> 2 epochs x 10 iterations" in log
     finally:
         trainer.on_train_end()
+
+
+def test_demo_refuses_a_trainer_without_teacher_before_any_work(tmp_path: Path):
+    import subprocess
+    import sys
+
+    work = tmp_path / "d"
+    proc = subprocess.run([sys.executable, "-m", "nnunet_kd.cli", "demo", "--workdir", str(work), "--trainer",
+                           "nnUNetTrainerStudentOnly_demo"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "trains no teacher" in proc.stderr
+    assert not work.exists()
+
+
+@pytest.mark.slow
+def test_demo_schedule_resumes_with_the_sized_epoch_count(nnunet_env, monkeypatch):
+    import json
+
+    from nnunet_kd.trainers.smoke import DEMO_SCHEDULE_FILE
+
+    trainer = nnunet_env.make_trainer("nnUNetTrainerStudentOnly_demo", monkeypatch)
+    trainer.initialize()
+    (Path(trainer.output_folder) / DEMO_SCHEDULE_FILE).write_text(json.dumps({"num_epochs": 3}))
+    trainer.current_epoch = 1  # as maybe_load_checkpoint leaves it for `--c`
+    trainer.on_train_start()
+    try:
+        assert trainer.num_epochs == 3 and trainer.lr_scheduler.max_steps == 3
+    finally:
+        trainer.on_train_end()

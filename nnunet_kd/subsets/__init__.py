@@ -7,7 +7,9 @@ One concept, several steps of the workflow, so one package:
 - :mod:`~nnunet_kd.subsets.input_files` which ``_000X`` files a case holds against what a model expects;
 - :mod:`~nnunet_kd.subsets.export`      a stock-predictable model folder for one subset of an any-subset model;
 - :mod:`~nnunet_kd.subsets.evaluation`  predict and score an any-subset model on every subset;
-- :mod:`~nnunet_kd.subsets.table`       the RFNet-style per-subset results table and heat map.
+- :mod:`~nnunet_kd.subsets.table`       the RFNet-style per-subset results table and heat map;
+- :mod:`~nnunet_kd.subsets.routing`     which model predicts each case of a mixed folder (``nnunet-kd predict``);
+- :mod:`~nnunet_kd.subsets.routed_prediction`  predicting the routed groups with nnU-Net's predictor.
 
 Modules are imported by their full name (nothing is re-exported here) so that importing one does not pull in torch
 or nnU-Net for the others.

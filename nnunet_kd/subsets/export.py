@@ -128,7 +128,7 @@ def subset_model_files(dataset_json: Mapping, plans: Mapping, keep: str | Sequen
                        where: str = "the model") -> tuple[dict, dict, ZeroFillRecord]:
     """dataset.json and plans.json of the subset model of an any-subset model, and its zero-fill record.
 
-    ``keep`` is a subset as accepted by :func:`nnunet_kd.subsets.parse_subset` (``"T2,FLAIR"``). Raises
+    ``keep`` is a subset as accepted by :func:`nnunet_kd.subsets.catalog.parse_subset` (``"T2,FLAIR"``). Raises
     :class:`ConfigurationError` for an empty or unknown subset, or when ``dataset_json`` is not an any-subset model's.
     """
     if any_subset_record(dataset_json) is None:

@@ -39,8 +39,6 @@ from nnunet_kd.safe_io import read_json_object
 from nnunet_kd.subsets.export import ANY_SUBSET_KEY, ZERO_FILL_KEY, default_subset_folder
 from nnunet_kd.subsets.modalities import RECORD_KEY, resolve_channels
 
-#: Rules in the order they are tried (names used in the table and routing.json).
-RULES = ("exact", "any-subset", "superset")
 OVERRIDE = "override"
 #: Image endings that could hold a modality: a case file with one of these but not the dataset's is refused.
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".png", ".bmp", ".b2nd")

@@ -354,7 +354,7 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     def nnunet_checkpoint_entries(self) -> dict:
         """The entries ``nnUNetTrainer.save_checkpoint`` writes (the student is ``network_weights``).
 
-        Built here so the KD checkpoint is written once; ``tests/test_kd_checkpoint.py`` checks that the keys equal
+        Built here so the KD checkpoint is written once; ``tests/test_kd_train_step.py`` checks that the keys equal
         nnU-Net's own.
         """
         module = unwrap(self.network)

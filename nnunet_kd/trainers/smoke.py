@@ -32,6 +32,10 @@ class SmokeSchedule:
         return result
 
 
+#: The sized epoch count of a demo run, in its fold folder, so that ``--c`` resumes the same schedule.
+DEMO_SCHEDULE_FILE = "demo_schedule.json"
+
+
 class DemoSchedule(SmokeSchedule):
     """The CPU demo's schedule: as many 10-iteration epochs as fit a training-time budget on *this* machine.
 
@@ -52,9 +56,17 @@ class DemoSchedule(SmokeSchedule):
 
     def on_train_start(self):
         super().on_train_start()  # type: ignore[misc]
-        if self.current_epoch > 0:  # resumed (--c): keep the schedule of the interrupted run
-            return
+        import json
+        import os
         import time
+
+        record = os.path.join(self.output_folder, DEMO_SCHEDULE_FILE)  # type: ignore[attr-defined]
+        if self.current_epoch > 0:  # resumed (--c): the sized epoch count is not in nnU-Net's checkpoint
+            if os.path.isfile(record):
+                with open(record) as f:
+                    self.num_epochs = int(json.load(f)["num_epochs"])
+                self.lr_scheduler.max_steps = self.num_epochs  # type: ignore[attr-defined]
+            return
 
         self.train_step(next(self.dataloader_train))  # type: ignore[attr-defined]  # warm-up, not timed
         times = []
@@ -66,6 +78,10 @@ class DemoSchedule(SmokeSchedule):
         self.num_epochs = demo_epochs(step, self.smoke_iterations, self.smoke_val_iterations,
                                       self.demo_train_seconds, self.demo_min_epochs, self.smoke_epochs)
         self.lr_scheduler.max_steps = self.num_epochs  # type: ignore[attr-defined]
+        if self.local_rank == 0:  # type: ignore[attr-defined]
+            with open(f"{record}.tmp", "w") as f:
+                json.dump({"num_epochs": self.num_epochs, "step_seconds": step}, f)
+            os.replace(f"{record}.tmp", record)
         self.print_to_log_file(  # type: ignore[attr-defined]
             f"Demo schedule: one training step took {step:.1f} s on this machine -> {self.num_epochs} epochs x "
             f"{self.smoke_iterations} iterations (training budget {self.demo_train_seconds:.0f} s)")
