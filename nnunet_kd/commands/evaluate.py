@@ -66,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--group-by-routing", type=Path, default=None, metavar="ROUTING_JSON",
                         help="also score per availability group of `nnunet-kd predict`'s routing.json: prints the "
-                             "table and writes OUT/summary_by_group.csv")
+                             "table (mean Dice/HD95 of every scored region of the kind), writes "
+                             "OUT/summary_by_group.csv and the case-to-group map into OUT/summary.json, from which "
+                             "`nnunet-kd report` draws per-group tables and plots")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,46 +107,34 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         rows, summary = evaluate.evaluate_folders(
-            args.pred_dir, args.gt_dir, out, num_processes=args.num_processes, allow_missing=args.allow_missing,
-            progress=not args.no_progress, file_ending=args.file_ending, settings=settings,
-            overwrite=args.overwrite)
+            args.pred_dir, args.gt_dir, None, num_processes=args.num_processes, allow_missing=args.allow_missing,
+            progress=not args.no_progress, file_ending=args.file_ending, settings=settings)
     for w in caught:
         print(f"nnunet-kd {NAME}: warning: {w.message}", file=sys.stderr)
+    extra_files: dict[str, str] = {}
+    if routing is not None:  # written with the evaluation, in the same atomic folder
+        from nnunet_kd.subsets import routing as routing_module
+
+        summary[routing_module.GROUPS_KEY] = routing_module.availability_groups(rows, routing, args.group_by_routing)
+        scores = routing_module.scores_by_group(rows, routing, summary["regions"])
+        extra_files[routing_module.GROUP_SUMMARY_CSV] = evaluate.records_csv(
+            scores, routing_module.group_score_columns(summary["regions"]))
+    evaluate.write_evaluation(rows, summary, out, overwrite=args.overwrite, extra_files=extra_files)
     print(evaluate.format_summary_table(summary))
     print(f"wrote {out / evaluate.PER_CASE_CSV}, {out / evaluate.SUMMARY_CSV}, {out / evaluate.SUMMARY_JSON}")
     if routing is not None:
-        from nnunet_kd.subsets.routing import format_scores_by_group, scores_by_group, scores_by_group_csv
-
-        scores = scores_by_group(rows, routing)
-        evaluate.atomic_write_text(out / "summary_by_group.csv", scores_by_group_csv(scores))
         print(f"mean per availability group ({args.group_by_routing}):")
-        print(format_scores_by_group(scores))
-        print(f"wrote {out / 'summary_by_group.csv'}")
+        print(routing_module.format_scores_by_group(scores))
+        print(f"wrote {out / routing_module.GROUP_SUMMARY_CSV}")
     return 0
 
 
 def resolve_kind(args: argparse.Namespace):
     """The dataset kind to score: ``--kind``; else the ``brats_kind`` of the dataset.json files in GT_DIR, its
     parent and PRED_DIR (they must agree); else the kind of an explicit label convention (``2024-gli`` means
-    GLI-POST); else GLI."""
-    from nnunet_kd import brats
-    from nnunet_kd.errors import ConfigurationError
-    from nnunet_kd.safe_io import read_json_object
+    GLI-POST); else GLI (:func:`nnunet_kd.evaluation.evaluate.resolve_kind`)."""
+    from nnunet_kd.evaluation.evaluate import resolve_kind as resolve
 
-    if args.kind is not None:
-        return brats.get_kind(args.kind)
-    found: dict[str, Path] = {}
-    for path in (args.gt_dir / "dataset.json", args.gt_dir.parent / "dataset.json", args.pred_dir / "dataset.json"):
-        if path.is_file():
-            kind = brats.kind_of_dataset_json(read_json_object(path, "dataset.json"))
-            if kind is not None:
-                found.setdefault(kind.name, path)
-    if len(found) > 1:
-        listing = ", ".join(f"{k} ({p})" for k, p in found.items())
-        raise ConfigurationError(f"the dataset.json files name different dataset kinds: {listing}; pass --kind")
-    if found:
-        return brats.get_kind(next(iter(found)))
-    for name in (args.convention, args.gt_convention, args.pred_convention):
-        if name is not None and brats.get_convention(name).kind != "GLI":
-            return brats.get_kind(brats.get_convention(name).kind)
-    return brats.get_kind("GLI")
+    return resolve(args.kind, (args.gt_dir / "dataset.json", args.gt_dir.parent / "dataset.json",
+                               args.pred_dir / "dataset.json"),
+                   (args.convention, args.gt_convention, args.pred_convention))

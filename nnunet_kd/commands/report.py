@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 NAME = "report"
-HELP = "compare evaluated runs: Markdown/CSV table (ET/TC/WT Dice and HD95, mean ± std) and PNG figures"
+HELP = "compare evaluated runs: Markdown/CSV table (Dice and HD95 per region, mean ± std) and PNG figures"
 DESCRIPTION = (
     "Each RUN is an output folder of `nnunet-kd evaluate`, optionally named NAME=PATH (default name: the\n"
-    "folder name). Writes into OUT: comparison.md / comparison.csv (rows = runs), dice_distribution.png and\n"
-    "hd95_distribution.png (per-region violin/box plots across cases), overlays/<run>.png (FLAIR slice with\n"
+    "folder name). The regions are those the runs were scored for (their dataset kind: ET, TC, WT; for GLI-POST\n"
+    "also NETC, SNFH, RC). Writes into OUT: comparison.md / comparison.csv (rows = runs), dice_distribution.png\n"
+    "and hd95_distribution.png (per-region violin/box plots across cases), overlays/<run>.png (FLAIR slice with\n"
     "reference and predicted contours of the best/median/worst case, needs --images), training_<name>.png\n"
-    "for each --training-log fold folder, and report.md tying them together."
+    "for each --training-log fold folder, and report.md tying them together. A run evaluated with\n"
+    "`--group-by-routing` is also shown per availability group: comparison_by_group.md / .csv and\n"
+    "by_group/<run>_dice.png, <run>_hd95.png (one panel per region, one violin per group)."
 )
 
 
@@ -29,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _build(tmp: Path, runs, images: Path | None, training_logs: list[tuple[str, Path]]) -> list[str]:
     from nnunet_kd.reporting import plots, table
+    from nnunet_kd.subsets.routing import GROUP_SUMMARY_CSV, GROUPS_KEY
 
     notes: list[str] = []
     rows = table.compare_runs(runs)
@@ -50,11 +54,34 @@ def _build(tmp: Path, runs, images: Path | None, training_logs: list[tuple[str, 
             notes.extend(run_notes)
             if png is not None:
                 figures.append(png)
+    group_lines, group_rows = [], []
+    for run in runs:
+        groups = table.group_runs(run)
+        if groups is None:
+            if (run.path / GROUP_SUMMARY_CSV).is_file():
+                notes.append(f"{run.name}: {GROUP_SUMMARY_CSV} has no per-case groups (an older nnunet-kd); re-run "
+                             f"`nnunet-kd evaluate ... --group-by-routing ROUTING_JSON --overwrite` for per-group plots")
+            continue
+        rows_g = table.compare_groups(run)
+        group_rows += rows_g
+        group_lines += [f"### {run.name}", "", f"Availability groups of {run.summary[GROUPS_KEY]['routing_json']}.",
+                        "", table.table_markdown(rows_g, name_column="group", label="Group")]
+        for metric in ("dice", "hd95"):
+            figures.append(plots.distribution_plot(
+                groups, tmp / "by_group" / f"{_safe(run.name)}_{metric}.png", metric, list(run.regions),
+                title=f"{run.name}: {table.METRIC_LABELS.get(metric, metric)} per availability group"))
+    if group_rows:
+        (tmp / "comparison_by_group.md").write_text("\n".join(group_lines), encoding="utf-8")
+        (tmp / "comparison_by_group.csv").write_text(table.table_csv(group_rows), encoding="utf-8")
     for name, fold in training_logs:
         figures.append(plots.training_progress_plot(fold, tmp / f"training_{_safe(name)}.png",
                                                     title=f"training progress: {name}"))
     lines = ["# Model comparison", "", "Mean ± std over cases (HD95 in mm; best mean in bold).", "", md,
-             "## BraTS 2023 lesion-wise", "", lw_md, "## Runs", ""]
+             "## BraTS 2023 lesion-wise", "", lw_md]
+    if group_lines:
+        lines += ["## Per availability group", "", "Mean ± std over the cases of each group (`evaluate "
+                  "--group-by-routing`).", "", *group_lines]
+    lines += ["## Runs", ""]
     lines += [f"- **{r.name}**: {r.path.resolve()} ({len(r.rows)} cases, convention "
               f"{r.summary.get('convention', '?')}, predictions {r.summary.get('pred_dir', '?')})" for r in runs]
     lines += ["", "## Figures", ""]

@@ -36,7 +36,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -48,8 +48,11 @@ from nnunet_kd import brats
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
 from nnunet_kd.evaluation import lesionwise, metrics
 
-#: Region abbreviations in the order of :data:`nnunet_kd.brats.REGIONS` (WT, TC, ET).
+#: Region abbreviations in the order of :data:`nnunet_kd.brats.REGIONS` (WT, TC, ET): the regions of the GLI kind,
+#: the default where no dataset kind is known. Other kinds' regions: ``brats.get_kind(name).eval_regions``.
 REGION_KEYS: tuple[str, ...] = tuple(brats.REGION_ABBREVIATIONS[r] for r in brats.REGIONS)
+#: Every region any dataset kind scores (WT, TC, ET, NETC, SNFH, RC), in kind order.
+ALL_REGIONS: tuple[str, ...] = tuple(dict.fromkeys(r for kind in brats.KINDS.values() for r in kind.eval_regions))
 #: Per-region metrics in the per-case table (HD95 in mm, volumes in mm³, lesion counts as numbers).
 METRICS: tuple[str, ...] = metrics.REGION_METRIC_NAMES + (
     "lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fp", "lesion_fn")
@@ -65,8 +68,49 @@ HD95_DEFINITION = ("BraTS 2023 reference HD95 (BraTS-2023-Metrics via DeepMind s
 
 
 def metric_column(region: str, metric: str) -> str:
-    """Column name of ``metric`` for region ``region`` (``WT``/``TC``/``ET``) in ``per_case.csv``."""
+    """Column name of ``metric`` for region ``region`` (``WT``, ``TC``, ``ET``, ``RC`` ...) in ``per_case.csv``."""
     return f"{region}_{metric}"
+
+
+def display_order(regions: Iterable[str]) -> list[str]:
+    """``regions`` in the order of the seed papers' tables: the three nested BraTS regions innermost first
+    (ET, TC, WT), then any others (NETC, SNFH, RC) in their kind's order."""
+    regions = list(dict.fromkeys(regions))
+    nested = [r for r in reversed(REGION_KEYS) if r in regions]
+    return nested + [r for r in regions if r not in nested]
+
+
+def regions_of_rows(rows: Sequence[Mapping]) -> list[str]:
+    """The evaluated regions of per-case rows: every region of :data:`nnunet_kd.brats.KINDS` with a Dice column
+    in the first row, in kind order (WT, TC, ET, NETC, SNFH, RC)."""
+    return [r for r in ALL_REGIONS if rows and metric_column(r, "dice") in rows[0]]
+
+
+def resolve_kind(kind: str | None, dataset_jsons: Iterable[str | os.PathLike],
+                 conventions: Iterable[str | None] = ()) -> brats.DatasetKind:
+    """The dataset kind to score: ``kind`` if given; else the ``brats_kind`` recorded in the existing files among
+    ``dataset_jsons`` (they must agree); else the kind of the first explicit label convention that belongs to
+    another kind than GLI (``2024-gli`` means GLI-POST); else GLI. Used by ``evaluate`` (GT_DIR, its parent,
+    PRED_DIR) and ``evaluate-subsets`` (GT, its parent, the model folder) alike."""
+    from nnunet_kd.safe_io import read_json_object
+
+    if kind is not None:
+        return brats.get_kind(kind)
+    found: dict[str, Path] = {}
+    for path in map(Path, dataset_jsons):
+        if path.is_file():
+            recorded = brats.kind_of_dataset_json(read_json_object(path, "dataset.json"))
+            if recorded is not None:
+                found.setdefault(recorded.name, path)
+    if len(found) > 1:
+        listing = ", ".join(f"{k} ({p})" for k, p in found.items())
+        raise ConfigurationError(f"the dataset.json files name different dataset kinds: {listing}; pass --kind")
+    if found:
+        return brats.get_kind(next(iter(found)))
+    for name in conventions:
+        if name is not None and brats.get_convention(name).kind != "GLI":
+            return brats.get_kind(brats.get_convention(name).kind)
+    return brats.get_kind("GLI")
 
 
 @dataclass(frozen=True)
@@ -402,15 +446,26 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return buf.getvalue()
 
 
+def records_csv(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
+    """CSV text of dict rows (columns: ``columns``, else the first row's keys); floats at full precision
+    (``repr``), NaN as ``nan``. The one writer of ``summary_by_group.csv`` and the report's tables."""
+    columns = list(columns if columns is not None else (rows[0] if rows else ()))
+    if not columns:
+        return ""
+    return _csv_text(columns, ([_fmt(row[c]) for c in columns] for row in rows))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return repr(v) if math.isfinite(v) else str(v)
     return str(v)
 
 
-def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` as the folder ``out_dir`` (atomically; a
-    non-empty ``out_dir`` is refused unless ``overwrite``)."""
+def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike, overwrite: bool = True,
+                     extra_files: Mapping[str, str] | None = None) -> Path:
+    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` (and ``extra_files``, ``{name: text}``, e.g.
+    ``summary_by_group.csv``) as the folder ``out_dir`` (atomically; a non-empty ``out_dir`` is refused unless
+    ``overwrite``)."""
     regions = summary.get("regions", REGION_KEYS)
     header = list(CASE_COLUMNS) + [metric_column(r, m) for r in regions for m in METRICS]
     per_case = _csv_text(header, ([_fmt(row[h]) for h in header] for row in rows))
@@ -422,6 +477,8 @@ def write_evaluation(rows: Sequence[dict], summary: dict, out_dir: str | os.Path
         (tmp / PER_CASE_CSV).write_text(per_case, encoding="utf-8")
         (tmp / SUMMARY_CSV).write_text(summary_csv, encoding="utf-8")
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
     return publish_folder(out_dir, build, overwrite)
 
@@ -467,9 +524,7 @@ def format_summary_table(summary: dict, metric_names: Sequence[str] = (
     stats = summary["metrics"]
     header = ["region"] + [labels.get(m, m) for m in metric_names]
     lines = []
-    for region in ("ET", "TC", "WT", *(r for r in stats if r not in ("ET", "TC", "WT"))):
-        if region not in stats:
-            continue
+    for region in display_order(stats):
         cells = [region]
         for m in metric_names:
             s = stats[region][m]

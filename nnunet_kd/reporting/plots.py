@@ -1,7 +1,7 @@
 """PNG figures of a report: metric distributions, prediction overlays and nnU-Net training progress.
 
-Public: :func:`distribution_plot`, :func:`select_cases`, :func:`overlay_figure`, :func:`load_training_log`,
-:func:`training_progress_plot`. All figures use matplotlib's Agg backend and are written atomically.
+Public: :func:`distribution_plot`, :func:`select_cases`, :func:`contour_regions`, :func:`overlay_figure`,
+:func:`load_training_log`, :func:`training_progress_plot`. All figures use matplotlib's Agg backend and are written atomically.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import numpy as np
 from nnunet_kd import brats
 from nnunet_kd.errors import InputDataError
 from nnunet_kd.evaluation.evaluate import read_label_map
-from nnunet_kd.reporting.table import METRIC_LABELS, TABLE_REGIONS, Run
+from nnunet_kd.reporting.table import METRIC_LABELS, Run, report_regions
 
-#: Contour colours of the regions in overlays.
-REGION_COLORS: dict[str, str] = {"WT": "#2ca02c", "TC": "#1f77b4", "ET": "#d62728"}
+#: Colours of the regions (overlay contours, violins), keyed by the abbreviations of the kinds' regions.
+REGION_COLORS: dict[str, str] = {"WT": "#2ca02c", "TC": "#1f77b4", "ET": "#d62728", "RC": "#ff7f0e",
+                                 "NETC": "#8c564b", "SNFH": "#17becf"}
 #: Contour widths: TC is drawn wider so that it stays visible where it coincides with the ET border.
-_LINE_WIDTHS: dict[str, float] = {"WT": 1.2, "TC": 2.4, "ET": 1.0}
+_LINE_WIDTHS: dict[str, float] = {"TC": 2.4, "ET": 1.0}
 #: Keys of nnU-Net's LocalLogger; anything else in a checkpoint's ``logging`` is an extra key of a trainer.
 NNUNET_LOG_KEYS: tuple[str, ...] = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses",
                                     "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps")
@@ -58,10 +59,12 @@ def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 # ------------------------------------------------------------------------------------------ distributions
 
 def distribution_plot(runs: Sequence[Run], out_path: str | os.PathLike, metric: str = "dice",
-                      regions: Sequence[str] = TABLE_REGIONS) -> Path:
-    """One panel per region: a violin (where the values vary) and a box plot of ``metric`` across cases for
-    every run, with the individual cases as dots."""
+                      regions: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """One panel per region (default: every region any run evaluated, :func:`report_regions`): a violin (where the
+    values vary) and a box plot of ``metric`` across cases for every run, with the individual cases as dots.
+    ``runs`` may also be the availability groups of one run (:func:`nnunet_kd.reporting.table.group_runs`)."""
     plt = _pyplot()
+    regions = report_regions(runs) if regions is None else list(regions)
     fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 4.2), squeeze=False)
     rng = np.random.default_rng(0)
     for ax, region in zip(axes[0], regions):
@@ -85,17 +88,19 @@ def distribution_plot(runs: Sequence[Run], out_path: str | os.PathLike, metric: 
         if metric in ("dice", "lesion_dice", "sensitivity", "specificity"):
             ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} across cases")
+    fig.suptitle(title or f"{METRIC_LABELS.get(metric, metric)} across cases")
     fig.tight_layout()
     return _save(fig, out_path)
 
 
 # ------------------------------------------------------------------------------------------------ overlays
 
-def select_cases(run: Run, regions: Sequence[str] = TABLE_REGIONS) -> dict[str, dict]:
-    """The ``best``, ``median`` and ``worst`` case rows of a run by their mean Dice over ``regions``.
+def select_cases(run: Run, regions: Sequence[str] | None = None) -> dict[str, dict]:
+    """The ``best``, ``median`` and ``worst`` case rows of a run by their mean Dice over ``regions`` (default: the
+    run's evaluated regions).
 
     Labels of one case are joined (``"best/median"``) when a run has fewer than three cases."""
+    regions = run.regions if regions is None else regions
     scored = []
     for row in run.rows:
         vals = [float(row.get(f"{r}_dice", math.nan)) for r in regions]
@@ -117,10 +122,19 @@ def _read_float_image(path: Path) -> np.ndarray:
         raise InputDataError(f"cannot read image {path}") from None
 
 
+def contour_regions(run: Run) -> dict[str, tuple[int, ...]]:
+    """The regions an overlay draws, ``{abbreviation: canonical labels}``: the regions nnU-Net trains for the run's
+    dataset kind (WT, TC, ET; and RC for post-treatment data). The other scored regions' borders are among
+    these (NETC = TC without ET, SNFH = WT without TC), so they are named in the Dice line, not drawn again."""
+    kind = brats.get_kind(run.summary.get("dataset_kind", "GLI"))
+    return {brats.REGION_ABBREVIATIONS[name]: labels for name, labels in kind.train_regions.items()}
+
+
 def _overlay_panel(ax, flair: np.ndarray | None, gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float],
-                   title: str) -> None:
-    wt_gt, wt_pred = np.isin(gt, brats.REGIONS["whole_tumor"]), np.isin(pred, brats.REGIONS["whole_tumor"])
-    area = wt_gt.sum(axis=(1, 2)) if wt_gt.any() else wt_pred.sum(axis=(1, 2))
+                   title: str, regions: dict[str, tuple[int, ...]]) -> None:
+    labels = sorted({v for values in regions.values() for v in values})
+    lesion_gt, lesion_pred = np.isin(gt, labels), np.isin(pred, labels)
+    area = lesion_gt.sum(axis=(1, 2)) if lesion_gt.any() else lesion_pred.sum(axis=(1, 2))
     z = int(np.argmax(area)) if area.any() else gt.shape[0] // 2
     aspect = float(spacing[1]) / float(spacing[2])
     if flair is not None:
@@ -129,23 +143,23 @@ def _overlay_panel(ax, flair: np.ndarray | None, gt: np.ndarray, pred: np.ndarra
         ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect, interpolation="nearest")
     else:
         ax.imshow(np.zeros(gt.shape[1:]), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-    for name, labels in brats.REGIONS.items():
-        abbr = brats.REGION_ABBREVIATIONS[name]
+    for abbr, values in regions.items():
         for seg, style in ((gt, "solid"), (pred, "dashed")):
-            mask = np.isin(seg[z], labels)
+            mask = np.isin(seg[z], values)
             if mask.any() and not mask.all():
-                ax.contour(mask.astype(float), levels=[0.5], colors=[REGION_COLORS[abbr]], linestyles=style,
-                           linewidths=_LINE_WIDTHS[abbr])
+                ax.contour(mask.astype(float), levels=[0.5], colors=[REGION_COLORS.get(abbr, "#7f7f7f")],
+                           linestyles=style, linewidths=_LINE_WIDTHS.get(abbr, 1.2))
     ax.set_title(f"{title}\nslice {z}", fontsize=9)
     ax.set_axis_off()
 
 
 def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.PathLike,
                    file_ending: str | None = None) -> tuple[Path | None, list[str]]:
-    """FLAIR slice (``images_dir/CASE_0003<ending>``) with reference (solid) and predicted (dashed) WT/TC/ET
-    contours for the best, median and worst case of a run. The slice is the one with the largest reference
-    WT area. Returns ``(png path or None, notes)``: cases whose files are gone are skipped with a note, a
-    missing FLAIR image gives a black background and a note."""
+    """FLAIR slice (``images_dir/CASE_0003<ending>``) with reference (solid) and predicted (dashed) contours of
+    the regions of :func:`contour_regions` (WT, TC, ET, and RC for post-treatment data; a legend names them) for
+    the best, median and worst case of a run, titled with the Dice of every evaluated region. The slice is the one
+    with the largest reference lesion area (all drawn labels). Returns ``(png path or None, notes)``: cases whose
+    files are gone are skipped with a note, a missing FLAIR image gives a black background and a note."""
     from matplotlib.lines import Line2D
 
     plt = _pyplot()
@@ -154,6 +168,8 @@ def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.P
     fallback = run.summary.get("convention", "dataset137")
     gt_convention = brats.get_convention(run.summary.get("gt_convention", fallback))
     pred_convention = brats.get_convention(run.summary.get("pred_convention", fallback))
+    regions = contour_regions(run)
+    scored = report_regions([run])
     notes: list[str] = []
     panels = []
     for label, row in select_cases(run).items():
@@ -174,14 +190,15 @@ def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.P
             notes.append(f"{run.name}: FLAIR image {flair_file} has shape {flair.shape}, labels {gt.shape}; "
                          f"drawn without background")
             flair = None
-        dices = " ".join(f"{r} {float(row.get(f'{r}_dice', math.nan)):.2f}" for r in TABLE_REGIONS)
-        panels.append((flair, gt, pred, gt_map.spacing, f"{run.name} {label}: {row['case']}\nDice {dices}"))
+        dices = [f"{r} {float(row.get(f'{r}_dice', math.nan)):.2f}" for r in scored]
+        dice_lines = "\n".join("Dice " * (i == 0) + " ".join(dices[i:i + 3]) for i in range(0, len(dices), 3))
+        panels.append((flair, gt, pred, gt_map.spacing, f"{run.name} {label}: {row['case']}\n{dice_lines}"))
     if not panels:
         return None, notes
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.8), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
-        _overlay_panel(ax, *panel)
-    handles = [Line2D([], [], color=REGION_COLORS[r], label=r) for r in ("WT", "TC", "ET")]
+        _overlay_panel(ax, *panel, regions)
+    handles = [Line2D([], [], color=REGION_COLORS.get(r, "#7f7f7f"), label=r) for r in regions]
     handles += [Line2D([], [], color="k", ls="solid", label="reference"),
                 Line2D([], [], color="k", ls="dashed", label="prediction")]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)

@@ -5,7 +5,10 @@ case) are predicted with nnU-Net's ``nnUNetPredictor`` set up exactly as stock `
 folder written by ``nnunet-kd export-subset`` (:func:`nnunet_kd.subsets.export.subset_model_files`: reduced
 dataset.json / plans, the trainer's network with zero-filled missing channels) -- so nnU-Net's preprocessing (crop to
 the non-zero region, normalisation) sees only the kept images, as it would for a hospital that acquired only those.
-Predictions are scored with :func:`nnunet_kd.evaluation.evaluate.evaluate_folders`.
+Predictions are scored with :func:`nnunet_kd.evaluation.evaluate.evaluate_folders` for the regions of the dataset
+kind (:class:`nnunet_kd.brats.DatasetKind`; the ``brats_kind`` of the dataset.json in the reference folder, its
+parent or the model folder, chosen as ``nnunet-kd evaluate`` chooses it: WT, TC, ET, and for post-treatment data
+also NETC, SNFH and RC), with the kind's label convention and lesion-wise parameters by default.
 
 Output folder (one sub-folder per subset, named like ``T1ce+FLAIR``)::
 
@@ -16,10 +19,10 @@ Output folder (one sub-folder per subset, named like ``T1ce+FLAIR``)::
 A subset whose ``predictions`` folder exists with a ``subset_prediction.json`` for the same model, folds, checkpoint,
 cases and test-time mirroring is not predicted again (predictions are built in a temporary folder and renamed into
 place, so an interrupted run leaves no half-finished subset); its evaluation is reused when it was made against the
-same reference folder and convention.
+same reference folder, label conventions and dataset kind.
 
 Public: :class:`SubsetModel`, :func:`load_subset_model`, :func:`subset_predictor`, :func:`case_files`,
-:class:`SubsetResult`, :func:`evaluate_subsets`.
+:class:`SubsetResult`, :func:`evaluation_settings`, :func:`evaluate_subsets`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
-from nnunet_kd.evaluation.evaluate import SUMMARY_JSON, evaluate_folders, load_evaluation
+from nnunet_kd.evaluation.evaluate import (
+    SUMMARY_JSON,
+    EvaluationSettings,
+    evaluate_folders,
+    load_evaluation,
+    resolve_kind,
+)
 from nnunet_kd.model_folder import selected_folds
 from nnunet_kd.safe_io import load_checkpoint
 from nnunet_kd.subsets.catalog import all_subsets, parse_subset, subset_name
@@ -212,32 +221,51 @@ def _predict_subset(make_predictor: Callable[[], object], lists: list[list[str]]
         (tmp / PREDICTION_MARKER).write_text(json.dumps(settings, indent=2))
 
 
-def _evaluation_matches(eval_dir: Path, gt_dir: Path, convention: str) -> dict | None:
+def _evaluation_matches(eval_dir: Path, gt_dir: Path, settings: EvaluationSettings) -> dict | None:
     if not (eval_dir / SUMMARY_JSON).is_file():
         return None
     try:
         _, summary = load_evaluation(eval_dir)
     except InputDataError:
         return None
-    if summary.get("gt_dir") == str(gt_dir.resolve()) and summary.get("convention") == convention:
-        return summary
-    return None
+    wanted = {"gt_dir": str(gt_dir.resolve()), "pred_convention": settings.pred_convention,
+              "gt_convention": settings.gt_convention, "dataset_kind": settings.kind}
+    return summary if all(summary.get(k) == v for k, v in wanted.items()) else None
+
+
+def evaluation_settings(model_folder: str | os.PathLike, gt_dir: str | os.PathLike, kind: str | None = None,
+                        convention: str | None = None) -> EvaluationSettings:
+    """How ``evaluate-subsets`` scores: the dataset kind (``kind``, else the ``brats_kind`` of the dataset.json in
+    ``gt_dir``, its parent or the model folder, else that of ``convention``, else GLI), its regions, label
+    convention (``convention`` for predictions and references, default the kind's canonical one) and lesion-wise
+    parameters (the kind's task)."""
+    from nnunet_kd.evaluation.lesionwise import TASK_PARAMETERS
+
+    gt_dir, model_folder = Path(gt_dir), Path(model_folder)
+    spec = resolve_kind(kind, (gt_dir / "dataset.json", gt_dir.parent / "dataset.json",
+                               model_folder / "dataset.json"), (convention,))
+    dilation, min_volume = TASK_PARAMETERS[spec.task]
+    convention = convention or spec.canonical_convention
+    return EvaluationSettings(pred_convention=convention, gt_convention=convention, kind=spec.name,
+                              lesion_dilation_iterations=dilation, lesion_volume_threshold_mm3=min_volume)
 
 
 def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathLike, gt_dir: str | os.PathLike,
                      out_dir: str | os.PathLike, subsets: Sequence[Sequence[str]] | None = None,
                      folds: Sequence[str | int] | None = None, checkpoint_name: str = "checkpoint_final.pth",
-                     device=None, use_mirroring: bool = True, convention: str = "dataset137",
+                     device=None, use_mirroring: bool = True, convention: str | None = None,
                      num_processes_preprocessing: int = 0, num_processes_export: int = 0,
                      num_processes_evaluation: int = 1, progress: bool = True,
-                     on_subset: Callable[[SubsetResult], None] | None = None) -> list[SubsetResult]:
+                     on_subset: Callable[[SubsetResult], None] | None = None,
+                     kind: str | None = None) -> list[SubsetResult]:
     """Predict and evaluate every subset (default: all 15) of an any-subset model; returns one result per subset.
 
     ``images_dir`` holds all of the model's files per case (e.g. ``imagesTr`` / ``imagesTs``); the cases are those
     with a label map in ``gt_dir``, and each must have exactly the model's ``_000X`` files (checked before any
     prediction, as ``nnunet-kd check-inputs`` does). With ``num_processes_preprocessing`` or
     ``num_processes_export`` 0 prediction runs in this process (nnU-Net's sequential predictor), else with nnU-Net's
-    worker processes. See the module docstring for the output folder and the cache.
+    worker processes. ``kind`` and ``convention`` set how predictions are scored (:func:`evaluation_settings`;
+    by default from the dataset.json files). See the module docstring for the output folder and the cache.
     """
     from tqdm import tqdm
 
@@ -251,6 +279,7 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
     dataset_json, _ = load_model_folder(model_folder)  # JSON only: refuse wrong input files before loading weights
     file_ending = dataset_json["file_ending"]
     cases = _reference_cases(gt_dir, file_ending)
+    scoring = evaluation_settings(model_folder, gt_dir, kind, convention)
     if any_subset_record(dataset_json) is not None:  # else load_subset_model says why the model does not fit
         # each labelled case must have exactly the model's files: an extra or misnamed one is refused, not ignored
         check_inputs_fit(expected_inputs(dataset_json), Path(images_dir), str(model_folder), only_cases=cases)
@@ -275,10 +304,10 @@ def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathL
                 lists = [[str(fs[i]) for i in kept[subset]] for fs in files.values()]
                 _predict_subset(functools.partial(subset_predictor, model, subset, device, use_mirroring), lists, list(files), pred_dir, settings, folder / PREDICT_LOG,
                                 num_processes_preprocessing, num_processes_export)
-            summary = None if predicted else _evaluation_matches(eval_dir, gt_dir, convention)
+            summary = None if predicted else _evaluation_matches(eval_dir, gt_dir, scoring)
             evaluated = summary is None
             if summary is None:
-                _, summary = evaluate_folders(pred_dir, gt_dir, eval_dir, convention=convention,
+                _, summary = evaluate_folders(pred_dir, gt_dir, eval_dir, settings=scoring,
                                               num_processes=num_processes_evaluation, progress=False,
                                               file_ending=file_ending)
             result = SubsetResult(subset, pred_dir, eval_dir, summary, predicted, evaluated)

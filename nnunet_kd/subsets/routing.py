@@ -437,28 +437,47 @@ def read_routing(path: str | os.PathLike) -> dict:
 #: Columns of ``summary_by_group.csv`` after ``group`` and ``n_cases``: mean Dice and HD95 per region.
 GROUP_SCORE_METRICS = ("dice", "hd95")
 UNROUTED = "(not in routing.json)"
+#: The file ``evaluate --group-by-routing`` writes beside ``per_case.csv``; ``summary.json`` then holds the
+#: case-to-group map under :data:`GROUPS_KEY` (what ``nnunet-kd report`` groups by).
+GROUP_SUMMARY_CSV = "summary_by_group.csv"
+GROUPS_KEY = "availability_groups"
 
 
-def scores_by_group(rows: Sequence[Mapping], record: Mapping) -> list[dict]:
+def availability_groups(rows: Sequence[Mapping], record: Mapping, routing_json: str | os.PathLike = "") -> dict:
+    """The ``summary.json`` entry of ``evaluate --group-by-routing``: ``routing_json``, ``groups`` (the groups of
+    the evaluated cases in routing.json's order, most modalities first; cases that routing.json does not list form
+    the group :data:`UNROUTED`, last) and ``cases`` (``{case: group}``)."""
+    listed = record.get("cases", {})
+    cases = {row["case"]: listed.get(row["case"], {}).get("group", UNROUTED) for row in rows}
+    order = [g["group"] for g in record.get("groups", [])] + [UNROUTED]
+    present = set(cases.values())
+    return {"routing_json": str(Path(routing_json).resolve()) if routing_json else "",
+            "groups": [g for g in dict.fromkeys(order) if g in present], "cases": cases}
+
+
+def group_score_columns(regions: Sequence[str]) -> list[str]:
+    """Columns of :func:`scores_by_group` rows: ``group``, ``n_cases``, ``<REGION>_<metric>`` per region."""
+    return ["group", "n_cases", *(f"{r}_{m}" for r in regions for m in GROUP_SCORE_METRICS)]
+
+
+def scores_by_group(rows: Sequence[Mapping], record: Mapping, regions: Sequence[str] | None = None) -> list[dict]:
     """Mean Dice / HD95 per region of the evaluated cases, per availability group of a ``routing.json``.
 
-    ``rows`` are the per-case rows of :func:`nnunet_kd.evaluation.evaluate.evaluate_folders`. Groups come in
-    routing.json's order (most modalities first); evaluated cases that routing.json does not list form one more
-    group, :data:`UNROUTED`. The means are those of :func:`nnunet_kd.evaluation.evaluate.summarize` (NaN excluded).
+    ``rows`` are the per-case rows of :func:`nnunet_kd.evaluation.evaluate.evaluate_folders`; ``regions`` their
+    evaluated regions (the summary's ``regions``, i.e. the dataset kind's: WT, TC, ET, NETC, SNFH, RC for
+    GLI-POST; default: the regions with columns in ``rows``). Groups as in :func:`availability_groups`. The means
+    are those of :func:`nnunet_kd.evaluation.evaluate.summarize` (NaN excluded).
     """
-    from nnunet_kd.evaluation.evaluate import REGION_KEYS, summarize
+    from nnunet_kd.evaluation.evaluate import regions_of_rows, summarize
 
-    cases = record.get("cases", {})
-    by_group: dict[str, list[Mapping]] = {}
-    for row in rows:
-        group = cases.get(row["case"], {}).get("group", UNROUTED)
-        by_group.setdefault(group, []).append(row)
-    order = [g["group"] for g in record.get("groups", [])] + [UNROUTED]
+    regions = list(regions) if regions is not None else regions_of_rows(rows)
+    grouping = availability_groups(rows, record)
     out = []
-    for group in [g for g in order if g in by_group]:
-        stats = summarize(by_group[group])
-        entry = {"group": group, "n_cases": len(by_group[group])}
-        for region in REGION_KEYS:
+    for group in grouping["groups"]:
+        members = [row for row in rows if grouping["cases"][row["case"]] == group]
+        stats = summarize(members, regions)
+        entry = {"group": group, "n_cases": len(members)}
+        for region in regions:
             for metric in GROUP_SCORE_METRICS:
                 entry[f"{region}_{metric}"] = stats[region][metric]["mean"]
         out.append(entry)
@@ -475,17 +494,3 @@ def format_scores_by_group(scores: Sequence[Mapping]) -> str:
              for s in scores]
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *lines])
-
-
-def scores_by_group_csv(scores: Sequence[Mapping]) -> str:
-    """CSV text of :func:`scores_by_group` (full precision)."""
-    import csv
-    import io
-
-    if not scores:
-        return "group,n_cases\n"
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(scores[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(scores)
-    return buf.getvalue()

@@ -1,14 +1,15 @@
-"""The RFNet-style missing-modality table: one row per modality subset, WT/TC/ET Dice and HD95, and their mean.
+"""The RFNet-style missing-modality table: one row per modality subset, Dice and HD95 per region, and their mean.
 
 Rows come from one evaluation summary per subset (``summary.json`` of ``nnunet-kd evaluate``, see
-:mod:`nnunet_kd.evaluation.evaluate`); a row holds the mean over cases of each region's Dice and HD95. The mean row
-averages the subset rows (each subset counts once, as in RFNet, mmFormer and DeMoSeg).
+:mod:`nnunet_kd.evaluation.evaluate`); a row holds the mean over cases of each evaluated region's Dice and HD95 --
+the regions the summary lists (its dataset kind's: WT, TC, ET, and NETC, SNFH, RC for post-treatment data), in
+that order. The mean row averages the subset rows (each subset counts once, as in RFNet, mmFormer and DeMoSeg).
 
 Outputs (:func:`write_subset_table`): ``subset_table.md`` (Dice in %, HD95 in mm; optionally the published BraTS
 2020 means of RFNet, mmFormer and DeMoSeg below ours), ``subset_table.csv`` (Dice as a fraction, HD95 in mm) and
 ``subset_heatmap.png`` (Dice and HD95 heat maps, subsets x regions).
 
-Public: :data:`TABLE_REGIONS`, :data:`PUBLISHED_BRATS2020_MEANS`, :func:`subset_row`, :func:`mean_row`,
+Public: :data:`PUBLISHED_BRATS2020_MEANS`, :func:`subset_row`, :func:`table_regions`, :func:`mean_row`,
 :func:`table_markdown`, :func:`table_csv`, :func:`heatmap_plot`, :func:`write_subset_table`.
 """
 
@@ -23,11 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nnunet_kd.brats import MODALITIES
-from nnunet_kd.evaluation.evaluate import atomic_write_text
+from nnunet_kd.evaluation.evaluate import REGION_KEYS, atomic_write_text
 from nnunet_kd.subsets.catalog import subset_name
 
-#: Region columns, in the order of the missing-modality papers' tables.
-TABLE_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 TABLE_METRICS: tuple[str, ...] = ("dice", "hd95")
 TABLE_MD = "subset_table.md"
 TABLE_CSV = "subset_table.csv"
@@ -48,20 +47,35 @@ def _column(region: str, metric: str) -> str:
 
 
 def subset_row(subset: Sequence[str], summary: Mapping) -> dict:
-    """One table row: ``subset``, ``n_cases`` and ``<region>_<metric>`` means from an evaluation summary."""
-    row: dict = {"subset": subset_name(subset), "modalities": tuple(subset), "n_cases": int(summary["num_cases"])}
-    for region in TABLE_REGIONS:
+    """One table row: ``subset``, ``n_cases``, ``regions`` (the summary's evaluated regions) and
+    ``<region>_<metric>`` means from an evaluation summary."""
+    regions = tuple(summary.get("regions") or summary["metrics"])
+    row: dict = {"subset": subset_name(subset), "modalities": tuple(subset), "n_cases": int(summary["num_cases"]),
+                 "regions": regions}
+    for region in regions:
         for metric in TABLE_METRICS:
             row[_column(region, metric)] = float(summary["metrics"][region][metric]["mean"])
     return row
 
 
+def table_regions(rows: Sequence[dict]) -> tuple[str, ...]:
+    """The region columns of a table: every row's regions in their order (WT, TC, ET by default)."""
+    regions = tuple(dict.fromkeys(r for row in rows for r in row.get("regions", REGION_KEYS)))
+    return regions or REGION_KEYS
+
+
+def _value(row: dict, region: str, metric: str) -> float:
+    return row.get(_column(region, metric), math.nan)
+
+
 def mean_row(rows: Sequence[dict]) -> dict:
     """The mean of the subset rows, each subset weighted equally (NaN where no row has a finite value)."""
-    out: dict = {"subset": MEAN_NAME, "modalities": (), "n_cases": max((r["n_cases"] for r in rows), default=0)}
-    for region in TABLE_REGIONS:
+    regions = table_regions(rows)
+    out: dict = {"subset": MEAN_NAME, "modalities": (), "n_cases": max((r["n_cases"] for r in rows), default=0),
+                 "regions": regions}
+    for region in regions:
         for metric in TABLE_METRICS:
-            values = [r[_column(region, metric)] for r in rows if math.isfinite(r[_column(region, metric)])]
+            values = [_value(r, region, metric) for r in rows if math.isfinite(_value(r, region, metric))]
             out[_column(region, metric)] = sum(values) / len(values) if values else math.nan
     return out
 
@@ -73,18 +87,20 @@ def _cell(value: float, scale: float = 1.0) -> str:
 def table_markdown(rows: Sequence[dict], published: bool = False, title: str | None = None) -> str:
     """Markdown table: a ●/○ column per modality, the subset name, Dice (%) and HD95 (mm) per region, the mean row.
 
-    With ``published`` the published BraTS 2020 means (:data:`PUBLISHED_BRATS2020_MEANS`, Dice only) follow."""
-    header = list(MODALITIES) + ["Subset"] + [f"{r} Dice (%)" for r in TABLE_REGIONS] + \
-        [f"{r} HD95 (mm)" for r in TABLE_REGIONS]
+    With ``published`` the published BraTS 2020 means (:data:`PUBLISHED_BRATS2020_MEANS`, Dice only, WT/TC/ET)
+    follow."""
+    regions = table_regions(rows)
+    header = list(MODALITIES) + ["Subset"] + [f"{r} Dice (%)" for r in regions] + \
+        [f"{r} HD95 (mm)" for r in regions]
     lines = []
     if title:
         lines += [f"## {title}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join([":-:"] * len(MODALITIES) + ["---"] +
-                                                               ["--:"] * 2 * len(TABLE_REGIONS)) + "|"]
+                                                               ["--:"] * 2 * len(regions)) + "|"]
 
     def line(row: dict, name: str, flags: Sequence[str]) -> str:
-        cells = list(flags) + [name] + [_cell(row[_column(r, "dice")], 100) for r in TABLE_REGIONS] + \
-            [_cell(row[_column(r, "hd95")]) for r in TABLE_REGIONS]
+        cells = list(flags) + [name] + [_cell(_value(row, r, "dice"), 100) for r in regions] + \
+            [_cell(_value(row, r, "hd95")) for r in regions]
         return "| " + " | ".join(cells) + " |"
 
     for row in rows:
@@ -94,8 +110,7 @@ def table_markdown(rows: Sequence[dict], published: bool = False, title: str | N
                       [""] * len(MODALITIES)))
     if published:
         for method, dice in PUBLISHED_BRATS2020_MEANS.items():
-            ref = {_column(r, "dice"): dice[r] / 100 for r in TABLE_REGIONS}
-            ref.update({_column(r, "hd95"): math.nan for r in TABLE_REGIONS})
+            ref = {_column(r, "dice"): dice[r] / 100 for r in regions if r in dice}
             lines.append(line(ref, f"{method}: published mean, BraTS 2020", [""] * len(MODALITIES)))
     n_cases = sorted({r["n_cases"] for r in rows})
     lines += ["", f"Dice in %, HD95 in mm; mean over {'/'.join(map(str, n_cases))} case(s) per subset; ● modality "
@@ -107,20 +122,21 @@ def table_markdown(rows: Sequence[dict], published: bool = False, title: str | N
 
 
 def table_csv(rows: Sequence[dict]) -> str:
-    """CSV: ``subset, n_modalities, T1, T1ce, T2, FLAIR (0/1), n_cases, WT_dice, ... ET_hd95`` + the mean row."""
-    columns = [_column(r, m) for m in TABLE_METRICS for r in TABLE_REGIONS]
+    """CSV: ``subset, n_modalities, T1, T1ce, T2, FLAIR (0/1), n_cases, WT_dice, ... ET_hd95`` (every region of
+    the table, Dice columns first) + the mean row."""
+    columns = [_column(r, m) for m in TABLE_METRICS for r in table_regions(rows)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["subset", "n_modalities", *MODALITIES, "n_cases", *columns])
     for row in [*rows, mean_row(rows)]:
         flags = [int(m in row["modalities"]) for m in MODALITIES] if row["modalities"] else [""] * len(MODALITIES)
         writer.writerow([row["subset"], len(row["modalities"]) or "", *flags, row["n_cases"],
-                         *[repr(row[c]) if math.isfinite(row[c]) else "nan" for c in columns]])
+                         *[repr(v) if math.isfinite(v := row.get(c, math.nan)) else "nan" for c in columns]])
     return buf.getvalue()
 
 
 def heatmap_plot(rows: Sequence[dict], out_path: str | os.PathLike, title: str | None = None) -> Path:
-    """Two heat maps (Dice in %, HD95 in mm), subsets (and the mean) x WT/TC/ET, values written in the cells."""
+    """Two heat maps (Dice in %, HD95 in mm), subsets (and the mean) x regions, values written in the cells."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,11 +144,12 @@ def heatmap_plot(rows: Sequence[dict], out_path: str | os.PathLike, title: str |
     import numpy as np
 
     all_rows = [*rows, mean_row(rows)]
+    regions = table_regions(rows)
     names = [r["subset"] for r in all_rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 1.2 + 0.38 * len(all_rows)), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(3.5 + 2.0 * len(regions), 1.2 + 0.38 * len(all_rows)), squeeze=False)
     panels = (("dice", "Dice (%)", 100.0, "viridis", (0.0, 100.0)), ("hd95", "HD95 (mm)", 1.0, "magma_r", None))
     for ax, (metric, label, scale, cmap, limits) in zip(axes[0], panels):
-        values = np.array([[r[_column(reg, metric)] * scale for reg in TABLE_REGIONS] for r in all_rows], dtype=float)
+        values = np.array([[_value(r, reg, metric) * scale for reg in regions] for r in all_rows], dtype=float)
         finite = values[np.isfinite(values)]
         vmin, vmax = limits if limits else ((float(finite.min()), float(finite.max())) if finite.size else (0, 1))
         image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
@@ -144,8 +161,8 @@ def heatmap_plot(rows: Sequence[dict], out_path: str | os.PathLike, title: str |
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(j, i, f"{values[i, j]:.1f}" if finite else "–", ha="center", va="center", fontsize=8,
                         color="w" if dark else "k")
-        ax.set_xticks(range(len(TABLE_REGIONS)))
-        ax.set_xticklabels(TABLE_REGIONS)
+        ax.set_xticks(range(len(regions)))
+        ax.set_xticklabels(regions)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=8)
         ax.axhline(len(rows) - 0.5, color="w", linewidth=2)
