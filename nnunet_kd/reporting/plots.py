@@ -195,7 +195,9 @@ def overlay_figure(run: Run, images_dir: str | os.PathLike, out_path: str | os.P
         panels.append((flair, gt, pred, gt_map.spacing, f"{run.name} {label}: {row['case']}\n{dice_lines}"))
     if not panels:
         return None, notes
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.8), squeeze=False, layout="constrained")
+    title_lines = max(panel[-1].count("\n") for panel in panels) + 2  # and the slice line
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.2 + 0.2 * title_lines), squeeze=False,
+                             layout="constrained")
     for ax, panel in zip(axes[0], panels):
         _overlay_panel(ax, *panel, regions)
     handles = [Line2D([], [], color=REGION_COLORS.get(r, "#7f7f7f"), label=r) for r in regions]
