@@ -23,7 +23,11 @@ non-empty folder is refused unless ``overwrite``, and then replaced as a whole):
   empty for a missing prediction), ``missing_prediction`` (0/1), then ``<REGION>_<metric>`` for regions
   WT, TC, ET (GLI-POST: WT, TC, ET, NETC, SNFH, RC) and metrics :data:`METRICS` (HD95 in mm, volumes in mm³);
 * ``summary.csv`` — ``region, metric, mean, median, std, q25, q75, n`` (std is the population std, ddof=0);
-* ``summary.json`` — the same statistics under ``metrics[region][metric]`` plus the settings and folders used.
+* ``summary.json`` — the same statistics under ``metrics[region][metric]`` plus the settings and folders used,
+  the dataset kind (``dataset_kind``) and its scored ``regions``, which ``evaluate-subsets``, ``--group-by-routing``
+  and ``report`` take their columns from;
+* with ``evaluate --group-by-routing`` (:mod:`nnunet_kd.subsets.routing`) also ``summary_by_group.csv`` and, in
+  ``summary.json``, ``availability_groups`` (each case's group), written in the same atomic step.
 """
 
 from __future__ import annotations
