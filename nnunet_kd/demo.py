@@ -312,7 +312,7 @@ def _evaluate(work: Path, trainers: Sequence[str], labels: Path, result: DemoRes
         rows, summary = evaluate_folders(pred, reference, out_dir=work / "evaluation" / trainer, progress=False)
         result.summaries[trainer] = summary
         result.groups[trainer] = format_scores_by_group(
-            scores_by_group(rows, json.loads((pred / "routing.json").read_text())))
+            scores_by_group(rows, json.loads((pred / "routing.json").read_text()), summary["regions"]))
 
 
 def _not_a_warning(line: str) -> bool:
