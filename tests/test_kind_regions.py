@@ -265,3 +265,21 @@ def test_report_groups_a_run_by_availability(post, report):
     for metric in ("dice", "hd95"):  # one panel per region, one violin per group; run b has no groups
         assert png_width(report / "by_group" / f"a_{metric}.png") >= 6 * 4.2 * 110 - 2
     assert not (report / "by_group" / "b_dice.png").exists()
+
+
+def test_evaluate_subsets_refuses_disagreeing_dataset_kinds(post, tmp_path):
+    """GT says GLI, the model folder GLI-POST: one line naming both files, exit 2, no output folder."""
+    model = fake_post_treatment_any_subset_model(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / f"{CASES[0]}.nii.gz").write_bytes((post["gt"] / f"{CASES[0]}.nii.gz").read_bytes())
+    (labels / "dataset.json").write_text(json.dumps(brats.make_dataset_json(1, "Gli", kind="GLI")))
+    out = tmp_path / "out"
+    proc = subprocess.run([NNUNET_KD, "evaluate-subsets", str(model), str(post["images"]), str(labels), "-o",
+                           str(out), "--subsets", "T1ce", "-device", "cpu"], capture_output=True, text=True,
+                          timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "different dataset kinds" in lines[0] and str(labels / "dataset.json") in lines[0]
+    assert str(model / "dataset.json") in lines[0] and "--kind" in lines[0]
+    assert not out.exists()
