@@ -30,17 +30,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_kd.brats import MODALITIES, RESECTION_CAVITY, channel_suffix, get_convention, make_dataset_json
-from nnunet_kd.dataset_conversion._io import (
-    ImageInfo,
-    copy_checked_nifti_gz,
-    geometry_mismatch,
-    one_line,
-    read_image,
-    run_jobs,
-    write_image,
-)
+from nnunet_kd.dataset_conversion._io import run_jobs, write_image
 from nnunet_kd.dataset_conversion.layouts import BratsCase, list_cases
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
+from nnunet_kd.nifti import ImageInfo, copy_checked_nifti_gz, geometry_mismatch, one_line, read_image
 from nnunet_kd.safe_io import staged_folder
 
 FILE_ENDING = ".nii.gz"
