@@ -6,8 +6,8 @@
   patch size and spacing without a dataset (tests, benchmarks).
 * :class:`GroupNorm` is ``nn.GroupNorm`` with the ``(num_channels, **kwargs)`` signature that
   ``dynamic_network_architectures`` building blocks expect of a ``norm_op``.
-* :class:`InterpolatingDecoder` is a U-Net decoder that upsamples by (tri)linear interpolation, merges skips by
-  concatenation or addition and has one segmentation head per stage (deep supervision as in nnU-Net: a list of
+* :class:`InterpolatingDecoder` is a U-Net decoder that upsamples by (tri)linear interpolation, concatenates the
+  skips and has one segmentation head per stage (deep supervision as in nnU-Net: a list of
   outputs, highest resolution first, or a single tensor when ``deep_supervision`` is False).
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
-from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 from torch.nn import functional as F
@@ -183,27 +182,22 @@ def network_config(norm: str, nonlin: str, dim: int) -> dict[str, Any]:
 
 
 class InterpolatingDecoder(nn.Module):
-    """U-Net decoder: 1x1 conv to the skip's width, (tri)linear upsampling, merge with the skip, conv blocks.
+    """U-Net decoder: 1x1 conv to the skip's width, (tri)linear upsampling, concatenation with the skip, conv blocks.
 
-    ``merge="concat"`` concatenates the skip (Isensee et al. 2018, :mod:`nnunet_kd.networks.unet`),
-    ``merge="add"`` adds it.
-    ``residual=True`` uses residual blocks (``StackedResidualBlocks``), otherwise plain conv blocks
+    The decoder of Isensee et al. 2018 (:mod:`nnunet_kd.networks.unet`), with plain conv blocks
     (``StackedConvBlocks``). Every stage has a 1x1 segmentation head so that a checkpoint trained with deep
     supervision loads into the inference network; ``deep_supervision`` decides what ``forward`` returns.
     """
 
     def __init__(self, spec: UNetSpec, encoder_channels: Sequence[int], num_classes: int,
-                 n_blocks_per_stage: Sequence[int], merge: str, residual: bool, deep_supervision: bool,
+                 n_blocks_per_stage: Sequence[int], deep_supervision: bool,
                  norm_op: type[nn.Module], norm_op_kwargs: dict, nonlin: type[nn.Module], nonlin_kwargs: dict,
                  conv_bias: bool = False) -> None:
         super().__init__()
-        if merge not in ("concat", "add"):
-            raise ValueError(f"merge must be 'concat' or 'add', not {merge!r}")
         n = len(encoder_channels)
         if len(n_blocks_per_stage) != n - 1:
             raise ValueError("n_blocks_per_stage needs one entry per decoder stage (n_stages - 1)")
         self.deep_supervision = deep_supervision
-        self.merge = merge
         self.mode = interpolation_mode(spec.dim)
         conv_op = spec.conv_op
         self.reduce = nn.ModuleList()
@@ -212,16 +206,11 @@ class InterpolatingDecoder(nn.Module):
         for s in range(1, n):
             below, skip = encoder_channels[-s], encoder_channels[-(s + 1)]
             self.reduce.append(conv_op(below, skip, 1, 1, 0, bias=conv_bias))
-            in_ch = 2 * skip if merge == "concat" else skip
-            common = dict(conv_op=conv_op, input_channels=in_ch, output_channels=skip,
-                          kernel_size=spec.kernel_sizes[-(s + 1)], conv_bias=conv_bias, norm_op=norm_op,
-                          norm_op_kwargs=norm_op_kwargs, dropout_op=None, dropout_op_kwargs=None, nonlin=nonlin,
-                          nonlin_kwargs=nonlin_kwargs)
-            if residual:
-                block: nn.Module = StackedResidualBlocks(n_blocks=n_blocks_per_stage[s - 1], initial_stride=1, **common)
-            else:
-                block = StackedConvBlocks(num_convs=n_blocks_per_stage[s - 1], initial_stride=1, **common)
-            self.stages.append(block)
+            self.stages.append(StackedConvBlocks(
+                num_convs=n_blocks_per_stage[s - 1], conv_op=conv_op, input_channels=2 * skip, output_channels=skip,
+                kernel_size=spec.kernel_sizes[-(s + 1)], initial_stride=1, conv_bias=conv_bias, norm_op=norm_op,
+                norm_op_kwargs=norm_op_kwargs, dropout_op=None, dropout_op_kwargs=None, nonlin=nonlin,
+                nonlin_kwargs=nonlin_kwargs))
             self.seg_layers.append(conv_op(skip, num_classes, 1, 1, 0, bias=True))
 
     def upsample(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -235,7 +224,7 @@ class InterpolatingDecoder(nn.Module):
         for s, (reduce, stage) in enumerate(zip(self.reduce, self.stages)):
             skip = skips[-(s + 2)]
             x = self.upsample(reduce(x), skip.shape[2:])
-            x = torch.cat((x, skip), 1) if self.merge == "concat" else x + skip
+            x = torch.cat((x, skip), 1)
             x = stage(x)
             if self.deep_supervision or s == last:
                 outputs.append(self.seg_layers[s](x))
