@@ -6,7 +6,7 @@ Public API:
 * :data:`GEOMETRIES`, :func:`prepare_dataset` -> :class:`BenchData` (synthetic BraTS 2021 folder ->
   ``convert_brats`` -> ``nnUNetv2_plan_and_preprocess``, built once and reused from a cache folder);
 * :func:`activate` (nnU-Net variables of a :class:`BenchData` in this process), :func:`subprocess_env`;
-* :func:`interleaved`, :func:`stats`, :func:`ratios`, :func:`sync` — timing;
+* :func:`interleaved`, :func:`cpu_seconds`, :func:`stats`, :func:`ratios`, :func:`sync` — timing;
 * :func:`rss_bytes`, :func:`peak_rss_bytes` — memory;
 * :func:`machine_info`, :func:`write_json`, :func:`quiet` — reporting.
 
@@ -170,25 +170,39 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended, in seconds."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def interleaved(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu",
-                log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                log: Callable[[str], None] | None = None,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Wall times of each call in rounds: every round runs every call once, in an order rotated per round.
 
     ``warmup`` rounds are run first and discarded. Interleaving spreads load changes of a shared machine over
-    all calls alike, so that ratios of the same round stay meaningful.
+    all calls alike, so that ratios of the same round stay meaningful. Given a dict ``cpu``, the CPU time of
+    each call (:func:`cpu_seconds`: this process plus the worker processes it waited for) is recorded there
+    too: on a machine that other work shares it is the steadier measure of a CPU-bound call.
     """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    if cpu is not None:
+        cpu.update({name: [] for name in names})
     for r in range(warmup + repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             sync(device)
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             calls[name]()
             sync(device)
             dt = time.perf_counter() - t0
             if r >= warmup:
                 samples[name].append(dt)
+                if cpu is not None:
+                    cpu[name].append(cpu_seconds() - c0)
         if log is not None:
             kind = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
             log(f"  {kind}: " + ", ".join(f"{n} {samples[n][-1]:.3f} s" if r >= warmup else n for n in names))

@@ -9,6 +9,8 @@
 * :class:`InterpolatingDecoder` is a U-Net decoder that upsamples by (tri)linear interpolation, concatenates the
   skips and has one segmentation head per stage (deep supervision as in nnU-Net: a list of
   outputs, highest resolution first, or a single tensor when ``deep_supervision`` is False).
+* :class:`RefusesEarlierLayout` makes a network whose layout changed refuse a checkpoint of its earlier layout
+  with one line (retrain) instead of PyTorch's list of missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dynamic_network_architectures.building_blocks.helper import convert_dim_to_
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 from torch.nn import functional as F
+
+from nnunet_kd.errors import ConfigurationError
 
 #: nnU-Net's default planner: features double from 32 per stage up to 320 (3D).
 BASE_FEATURES = 32
@@ -230,6 +234,31 @@ class InterpolatingDecoder(nn.Module):
                 outputs.append(self.seg_layers[s](x))
         outputs = outputs[::-1]
         return outputs if self.deep_supervision else outputs[0]
+
+
+class RefusesEarlierLayout(nn.Module):
+    """A network that an earlier nnunet-kd version built with another layout: its checkpoints cannot load.
+
+    Every nnU-Net load path ends in the plain network's ``load_state_dict`` (``nnUNetTrainer.load_checkpoint``
+    for ``--c``/``--val``, ``nnUNetPredictor`` for ``nnUNetv2_predict``, the KD trainers' frozen teacher), so the
+    check is made here rather than in a trainer. A subclass names a key prefix that only the earlier layout has
+    (:attr:`earlier_layout_prefix`) and says what that layout was (:attr:`earlier_layout`); a state dict with
+    such keys raises :class:`~nnunet_kd.errors.ConfigurationError` (one line). Any other mismatch keeps PyTorch's
+    own error.
+    """
+
+    earlier_layout_prefix: str = ""
+    earlier_layout: str = ""
+
+    def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        prefix = self.earlier_layout_prefix
+        if prefix and any(k.startswith(prefix) for k in state_dict) and \
+                not any(k.startswith(prefix) for k in self.state_dict()):
+            name = type(self).__name__
+            raise ConfigurationError(f"this checkpoint holds a {name} of the earlier architecture ({self.earlier_layout}); "
+                                     f"its weights do not fit the current {name}: retrain the model with this version "
+                                     f"of nnunet-kd")
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
 
 def init_weights_he(module: nn.Module) -> None:
