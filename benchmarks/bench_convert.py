@@ -23,7 +23,6 @@ ratios and the ratios to the copy are reported too.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -137,20 +136,16 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_convert", description=__doc__.split("\n")[0])
+    parser = common.parser("bench_convert", __doc__, repeats=3)
     parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the synthetic source (default OUT/_data)")
     parser.add_argument("--cases", type=int, default=3, help="cases in the synthetic release (default 3)")
     parser.add_argument("--shape", type=int, nargs=3, default=BRATS_SHAPE, metavar=("X", "Y", "Z"),
                         help="grid of each case (default 240 240 155, as BraTS)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
     args = parser.parse_args(argv)
     cache = args.cache if args.cache is not None else Path(args.out) / "_data"
     result = run(cache, args.cases, tuple(args.shape), args.repeats, args.warmup, args.out)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_convert.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_convert")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ Public API:
 * :func:`activate` (nnU-Net variables of a :class:`BenchData` in this process), :func:`subprocess_env`;
 * :func:`interleaved`, :func:`cpu_seconds`, :func:`stats`, :func:`ratios`, :func:`sync` — timing;
 * :func:`rss_bytes`, :func:`peak_rss_bytes` — memory;
-* :func:`machine_info`, :func:`write_json`, :func:`quiet` — reporting.
+* :func:`machine_info`, :func:`write_json`, :func:`quiet` — reporting;
+* :func:`parser`, :func:`add_dataset_arguments`, :func:`dataset_arguments`, :func:`print_summary` — the
+  command line every ``python -m benchmarks.bench_*`` shares.
 
 Nothing here asserts anything about speed: benchmarks print and record numbers, tests never check them.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -320,3 +323,40 @@ def fmt_ratio(r: Mapping[str, float]) -> str:
     """``1.93x (min 1.90x, per-round median 1.94x)``."""
     return (f"{r['of_medians']:.3f}x (of mins {r['of_mins']:.3f}x, per-round median {r['per_round_median']:.3f}x, "
             f"per-round min {r['per_round_min']:.3f}x)")
+
+
+# ------------------------------------------------------------------------------------------- command line
+def parser(module: str, doc: str, repeats: int, warmup: int = 1) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks.<module>``: description from ``doc``, ``--repeats`` and ``--warmup``."""
+    result = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n")[0])
+    result.add_argument("--repeats", type=int, default=repeats, help=f"interleaved timed rounds (default {repeats})")
+    result.add_argument("--warmup", type=int, default=warmup, help=f"warm-up rounds (default {warmup})")
+    return result
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the benchmarks run on the synthetic preprocessed dataset."""
+    parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder of the synthetic dataset, reused between runs (default OUT/_data)")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default=None,
+                        help="synthetic grid: small (CPU default) or brats (GPU default, the real BraTS plans)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: all cores on CPU, as nnUNetv2_train; 1 is steadier on a "
+                             "machine shared with other work)")
+
+
+def dataset_arguments(args: argparse.Namespace) -> tuple[Path, str]:
+    """(cache folder, geometry) of :func:`add_dataset_arguments`' options, with their defaults resolved."""
+    cache = args.cache if args.cache is not None else Path(args.out) / "_data"
+    geometry = args.geometry or ("brats" if str(args.device).startswith("cuda") else "small")
+    return cache, geometry
+
+
+def print_summary(lines: Sequence[str], out: str | Path, name: str) -> int:
+    """Print a benchmark's summary lines and where its JSON went; the exit status 0 of its ``main``."""
+    print("\n".join(lines))
+    print(f"wrote {Path(out) / f'{name}.json'}")
+    return 0
+
