@@ -240,8 +240,8 @@ class RefusesEarlierLayout(nn.Module):
     """A network that an earlier nnunet-kd version built with another layout: its checkpoints cannot load.
 
     Every nnU-Net load path ends in the plain network's ``load_state_dict`` (``nnUNetTrainer.load_checkpoint``
-    for ``--c``/``--val``, ``nnUNetPredictor`` for ``nnUNetv2_predict``, the KD trainers' frozen teacher), so the
-    check is made here rather than in a trainer. A subclass names a key prefix that only the earlier layout has
+    for ``--c``/``--val``, ``nnUNetPredictor`` for ``nnUNetv2_predict`` and ``nnunet-kd predict``), so the check
+    is made here rather than in a trainer, which the predictor never calls. A subclass names a key prefix that only the earlier layout has
     (:attr:`earlier_layout_prefix`) and says what that layout was (:attr:`earlier_layout`); a state dict with
     such keys raises :class:`~nnunet_kd.errors.ConfigurationError` (one line). Any other mismatch keeps PyTorch's
     own error.
