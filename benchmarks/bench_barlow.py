@@ -16,13 +16,12 @@ Goal: ``barlow / kd_step < 3 %`` (ratio of medians).
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.bench_train_step import add_common_arguments, build_trainer, make_batch, resolve_common, set_threads
+from benchmarks.bench_train_step import build_trainer, make_batch, set_threads
 
 GOAL_FRACTION_MAX = 0.03
 
@@ -97,18 +96,14 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_barlow", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
+    parser = common.parser("bench_barlow", __doc__, repeats=5)
+    common.add_dataset_arguments(parser)
     parser.add_argument("--inner", type=int, default=5, help="Barlow Twins calls per round, averaged (default 5)")
     args = parser.parse_args(argv)
-    cache, geometry = resolve_common(args)
+    cache, geometry = common.dataset_arguments(args)
     data = common.prepare_dataset(cache, geometry)
     result = run(data, args.device, args.repeats, args.warmup, args.inner, args.out, threads=args.threads)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_barlow.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_barlow")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ keep the run short; on CUDA it is on, as nnU-Net predicts by default.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from benchmarks.bench_train_step import add_common_arguments, build_trainer, resolve_common, set_threads
+from benchmarks.bench_train_step import build_trainer, set_threads
 
 GOAL_MAX = 1.05
 OURS, STOCK = "nnUNetTrainerBarlowKD", "nnUNetTrainer"
@@ -196,21 +195,17 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_inference", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
+    parser = common.parser("bench_inference", __doc__, repeats=3)
+    common.add_dataset_arguments(parser)
     parser.add_argument("--cases", type=int, default=4, help="cases to predict per call (default 4)")
     parser.add_argument("--tta", choices=["on", "off"], default=None,
                         help="test-time mirroring (default: on for cuda, off for cpu)")
     args = parser.parse_args(argv)
-    cache, geometry = resolve_common(args)
+    cache, geometry = common.dataset_arguments(args)
     data = common.prepare_dataset(cache, geometry)
     tta = None if args.tta is None else args.tta == "on"
     result = run(data, args.device, args.repeats, args.warmup, args.cases, tta, args.out, threads=args.threads)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_inference.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_inference")
 
 
 if __name__ == "__main__":

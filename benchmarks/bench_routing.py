@@ -19,7 +19,6 @@ by hand (ratio of medians). The benchmark also checks that both give the same se
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.bench_inference import read_labels, write_model_folders
-from benchmarks.bench_train_step import add_common_arguments, build_trainer, resolve_common
+from benchmarks.bench_train_step import build_trainer
 
 GOAL_MAX = 1.05
 STUDENT, STOCK = "nnUNetTrainerBarlowKD", "nnUNetTrainer"
@@ -125,18 +124,14 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_routing", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
+    parser = common.parser("bench_routing", __doc__, repeats=3)
+    common.add_dataset_arguments(parser)
     parser.add_argument("--cases", type=int, default=2, help="cases per availability group (default 2)")
     args = parser.parse_args(argv)
-    cache, geometry = resolve_common(args)
+    cache, geometry = common.dataset_arguments(args)
     data = common.prepare_dataset(cache, geometry)
     result = run(data, args.device, args.repeats, args.warmup, args.cases, args.out)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_routing.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_routing")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ machine it moves far less than wall time, so its ratio is the steadier reading o
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -128,16 +127,12 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_startup", description=__doc__.split("\n")[0])
+    parser = common.parser("bench_startup", __doc__, repeats=5)
     parser.add_argument("--out", default="bench_output", help="folder for bench_startup.json (default bench_output)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the processes (default 1)")
     args = parser.parse_args(argv)
     result = run(args.repeats, args.warmup, Path(args.out), args.threads)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_startup.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_startup")
 
 
 if __name__ == "__main__":

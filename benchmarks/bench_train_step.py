@@ -263,35 +263,14 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the benchmarks run on the synthetic preprocessed dataset."""
-    parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="folder of the synthetic dataset, reused between runs (default OUT/_data)")
-    parser.add_argument("--geometry", choices=sorted(common.GEOMETRIES), default=None,
-                        help="synthetic grid: small (CPU default) or brats (GPU default, the real BraTS plans)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: all cores on CPU, as nnUNetv2_train; 1 is steadier on a "
-                             "machine shared with other work)")
-
-
-def resolve_common(args: argparse.Namespace) -> tuple[Path, str]:
-    cache = args.cache if args.cache is not None else Path(args.out) / "_data"
-    geometry = args.geometry or ("brats" if str(args.device).startswith("cuda") else "small")
-    return cache, geometry
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train_step", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
+    parser = common.parser("bench_train_step", __doc__, repeats=5)
+    common.add_dataset_arguments(parser)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--probe", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cache, geometry = resolve_common(args)
+    cache, geometry = common.dataset_arguments(args)
     if args.probe is not None:  # internal: one trainer in this fresh process, JSON on the last stdout line
         data = common.prepare_dataset(cache, geometry, log=lambda _m: None)
         common.activate(data, args.device)
@@ -300,9 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = common.prepare_dataset(cache, geometry)
     result = run(data, cache, args.device, args.repeats, args.warmup, not args.no_memory, args.probe_steps,
                  args.out, threads=args.threads)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_train_step.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_train_step")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ about 1 when the two-stage step costs one student step plus one teacher forward 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.bench_train_step import add_common_arguments, make_batch, plans_summary, resolve_common, set_threads
+from benchmarks.bench_train_step import make_batch, plans_summary, set_threads
 
 TRAINERS = {"single_stage": "nnUNetTrainerBarlowKD", "two_stage": "nnUNetTrainerBarlowKD_FrozenTeacher",
             "student_only": "nnUNetTrainerStudentOnly"}
@@ -136,17 +135,13 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_two_stage", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (default 1)")
+    parser = common.parser("bench_two_stage", __doc__, repeats=5)
+    common.add_dataset_arguments(parser)
     args = parser.parse_args(argv)
-    cache, geometry = resolve_common(args)
+    cache, geometry = common.dataset_arguments(args)
     data = common.prepare_dataset(cache, geometry)
     result = run(data, args.device, args.repeats, args.warmup, args.out)
-    print("\n".join(summary_lines(result)))
-    print(f"wrote {Path(args.out) / 'bench_two_stage.json'}")
-    return 0
+    return common.print_summary(summary_lines(result), args.out, "bench_two_stage")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@ Public API:
 * :data:`GEOMETRIES`, :func:`prepare_dataset` -> :class:`BenchData` (synthetic BraTS 2021 folder ->
   ``convert_brats`` -> ``nnUNetv2_plan_and_preprocess``, built once and reused from a cache folder);
 * :func:`activate` (nnU-Net variables of a :class:`BenchData` in this process), :func:`subprocess_env`;
-* :func:`interleaved`, :func:`stats`, :func:`ratios`, :func:`sync` — timing;
+* :func:`interleaved`, :func:`cpu_seconds`, :func:`stats`, :func:`ratios`, :func:`sync` — timing;
 * :func:`rss_bytes`, :func:`peak_rss_bytes` — memory;
-* :func:`machine_info`, :func:`write_json`, :func:`quiet` — reporting.
+* :func:`machine_info`, :func:`write_json`, :func:`quiet` — reporting;
+* :func:`parser`, :func:`add_dataset_arguments`, :func:`dataset_arguments`, :func:`print_summary` — the
+  command line every ``python -m benchmarks.bench_*`` shares.
 
 Nothing here asserts anything about speed: benchmarks print and record numbers, tests never check them.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -170,25 +173,39 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended, in seconds."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def interleaved(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu",
-                log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                log: Callable[[str], None] | None = None,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Wall times of each call in rounds: every round runs every call once, in an order rotated per round.
 
     ``warmup`` rounds are run first and discarded. Interleaving spreads load changes of a shared machine over
-    all calls alike, so that ratios of the same round stay meaningful.
+    all calls alike, so that ratios of the same round stay meaningful. Given a dict ``cpu``, the CPU time of
+    each call (:func:`cpu_seconds`: this process plus the worker processes it waited for) is recorded there
+    too: on a machine that other work shares it is the steadier measure of a CPU-bound call.
     """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    if cpu is not None:
+        cpu.update({name: [] for name in names})
     for r in range(warmup + repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             sync(device)
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             calls[name]()
             sync(device)
             dt = time.perf_counter() - t0
             if r >= warmup:
                 samples[name].append(dt)
+                if cpu is not None:
+                    cpu[name].append(cpu_seconds() - c0)
         if log is not None:
             kind = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
             log(f"  {kind}: " + ", ".join(f"{n} {samples[n][-1]:.3f} s" if r >= warmup else n for n in names))
@@ -306,3 +323,40 @@ def fmt_ratio(r: Mapping[str, float]) -> str:
     """``1.93x (min 1.90x, per-round median 1.94x)``."""
     return (f"{r['of_medians']:.3f}x (of mins {r['of_mins']:.3f}x, per-round median {r['per_round_median']:.3f}x, "
             f"per-round min {r['per_round_min']:.3f}x)")
+
+
+# ------------------------------------------------------------------------------------------- command line
+def parser(module: str, doc: str, repeats: int, warmup: int = 1) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks.<module>``: description from ``doc``, ``--repeats`` and ``--warmup``."""
+    result = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n")[0])
+    result.add_argument("--repeats", type=int, default=repeats, help=f"interleaved timed rounds (default {repeats})")
+    result.add_argument("--warmup", type=int, default=warmup, help=f"warm-up rounds (default {warmup})")
+    return result
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the benchmarks run on the synthetic preprocessed dataset."""
+    parser.add_argument("--out", type=Path, default=Path("bench_output"), help="folder for the JSON results")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder of the synthetic dataset, reused between runs (default OUT/_data)")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default=None,
+                        help="synthetic grid: small (CPU default) or brats (GPU default, the real BraTS plans)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: all cores on CPU, as nnUNetv2_train; 1 is steadier on a "
+                             "machine shared with other work)")
+
+
+def dataset_arguments(args: argparse.Namespace) -> tuple[Path, str]:
+    """(cache folder, geometry) of :func:`add_dataset_arguments`' options, with their defaults resolved."""
+    cache = args.cache if args.cache is not None else Path(args.out) / "_data"
+    geometry = args.geometry or ("brats" if str(args.device).startswith("cuda") else "small")
+    return cache, geometry
+
+
+def print_summary(lines: Sequence[str], out: str | Path, name: str) -> int:
+    """Print a benchmark's summary lines and where its JSON went; the exit status 0 of its ``main``."""
+    print("\n".join(lines))
+    print(f"wrote {Path(out) / f'{name}.json'}")
+    return 0
+

@@ -90,7 +90,7 @@ def _predict(data: common.BenchData, device: str, work: Path, results: Path) -> 
     if not pred_file.is_file():
         raise RuntimeError(f"nnUNetv2_predict wrote no {pred_file}")
     pred = sitk.ReadImage(str(pred_file))
-    from nnunet_kd.dataset_conversion._io import geometry_mismatch
+    from nnunet_kd.nifti import geometry_mismatch
 
     problem = geometry_mismatch(source, pred)
     if problem:

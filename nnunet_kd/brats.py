@@ -129,6 +129,11 @@ class LabelConvention:
         return {c: r for r, c in self.to_canonical.items()}
 
     @property
+    def is_identity(self) -> bool:
+        """True when release labels are already canonical (the converter may copy such a file as it is)."""
+        return all(src == dst for src, dst in self.to_canonical.items())
+
+    @property
     def allowed_values(self) -> tuple[int, ...]:
         return tuple(sorted(self.to_canonical))
 
@@ -142,20 +147,26 @@ class LabelConvention:
 
 
 def _remap(seg: np.ndarray, mapping: Mapping[int, int], convention: str) -> np.ndarray:
-    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    """``seg`` with every value mapped (uint8); ValueError naming the values outside ``mapping``.
+
+    One comparison per allowed value (a handful), each a fast vectorised pass, instead of a sort or a
+    histogram: the voxels matched by some allowed value must be all of them.
+    """
+    out = np.zeros(seg.shape, dtype=np.uint8)
+    matched = 0
     for src, dst in mapping.items():
-        lut[src] = dst
-    if seg.dtype.kind in "ui" and seg.dtype.itemsize <= 4 and seg.size:  # integer labels: count, no sort
-        if seg.min() >= 0 and seg.max() < lut.size:
-            present = np.flatnonzero(np.bincount(seg.ravel(), minlength=lut.size))
-            if all(int(v) in mapping for v in present):
-                return lut[seg]
-    values = np.unique(seg)
-    unexpected = [int(v) for v in values if int(v) not in mapping or v != int(v)]
-    if unexpected:
-        raise ValueError(f"label value(s) {unexpected} not allowed in the {convention} convention "
-                         f"(allowed: {sorted(mapping)})")
-    return lut[seg.astype(np.int64)]
+        hit = seg == src
+        matched += int(np.count_nonzero(hit))
+        if dst:
+            out[hit] = dst
+    if matched == seg.size:
+        return out
+    unexpected = [int(v) if v == int(v) else float(v) for v in np.unique(seg[~np.isin(seg, list(mapping))])
+                  if np.isfinite(v)]
+    if np.issubdtype(seg.dtype, np.floating) and not np.isfinite(seg).all():
+        unexpected.append(float("nan"))
+    raise ValueError(f"label value(s) {unexpected} not allowed in the {convention} convention "
+                     f"(allowed: {sorted(mapping)})")
 
 
 _LEGACY = {0: 0, 1: NECROSIS, 2: EDEMA, 4: ENHANCING}

@@ -44,8 +44,7 @@ class DemoConfig:
     shape: tuple[int, int, int] = (48, 48, 48)
     seed: int = 0
     trainer: str = "nnUNetTrainerBarlowKD_demo"
-    baseline: str | None = None  # e.g. "nnUNetTrainerStudentOnly_demo" to compare against the student alone
-    keep: tuple[str, ...] = ("FLAIR", "T1ce")
+    baseline: str | None = None  # e.g. "nnUNetTrainerStudentOnly_demo": the same student trained alone
     device: str = "cpu"
     verbose: bool = False
 
@@ -81,8 +80,10 @@ def availability_patterns(n: int, seed: int) -> list[tuple[str, ...]]:
 DEVICES = ("cpu", "cuda", "mps")
 
 
-def validate_config(config: DemoConfig) -> None:
-    """Refuse a bad setting before anything is written (the demo takes minutes; fail in the first second)."""
+def validate_config(config: DemoConfig) -> tuple[str, ...]:
+    """Refuse a bad setting before anything is written (the demo takes minutes; fail in the first second).
+
+    Returns the modalities of the trainer's student (canonical order)."""
     from nnunet_kd.synthetic import check_shape
 
     if config.n_train < 5:
@@ -105,8 +106,40 @@ def validate_config(config: DemoConfig) -> None:
             raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is a file")
         if parent is not None and not os.access(parent, os.W_OK):
             raise ConfigurationError(f"--workdir {workdir} cannot be created: {parent} is not writable")
-    for trainer in [config.trainer] + ([config.baseline] if config.baseline else []):  # slowest check last
-        _check_trainer(trainer, needs_teacher=trainer == config.trainer)
+    trainer = _check_trainer(config.trainer, needs_teacher=True)  # slowest checks last
+    student = _student_modalities(trainer)
+    if config.baseline:
+        alone = _student_modalities(_check_trainer(config.baseline))
+        if set(alone) != set(student):
+            raise ConfigurationError(
+                f"--baseline trains {config.baseline}, a {' + '.join(alone)} student alone, but --trainer "
+                f"{config.trainer} has a {' + '.join(student)} student: the comparison needs the same student; use a "
+                f"{' + '.join(alone)} KD trainer (e.g. nnUNetTrainerBarlowKD_demo) or leave out --baseline")
+        if not baseline_routes(student, config.workdir):
+            raise ConfigurationError(f"--baseline: no held-out availability pattern of the demo holds the student's "
+                                     f"{' + '.join(student)} without all four modalities, so the baseline would "
+                                     f"predict nothing; leave out --baseline")
+    return student
+
+
+def _student_modalities(trainer: type) -> tuple[str, ...]:
+    """The student modalities of a KD / student-only trainer (the ones the demo can run), canonical order."""
+    from nnunet_kd.brats import parse_modality_list
+
+    modalities = getattr(trainer, "student_modalities", None)
+    if not modalities:
+        raise ConfigurationError(f"{trainer.__name__} trains no student on a subset of the modalities; the demo "
+                                 f"runs KD trainers such as nnUNetTrainerBarlowKD_demo")
+    return parse_modality_list(modalities)
+
+
+def baseline_routes(student: Sequence[str], folder: Path) -> list[str]:
+    """``nnunet-kd predict --models`` entries giving the baseline the availability groups the KD run routes to its
+    student: the demo's patterns that hold every student modality, except all four (the teacher's)."""
+    from nnunet_kd.brats import MODALITIES
+
+    return [f"{','.join(p)}={folder}" for p in AVAILABILITY_PATTERNS
+            if set(student) <= set(p) and len(p) < len(MODALITIES)]
 
 
 def _check_device(device: str) -> None:
@@ -122,9 +155,10 @@ def _check_device(device: str) -> None:
                                  f"use --device cpu")
 
 
-def _check_trainer(name: str, needs_teacher: bool = False) -> None:
-    """The trainer must be one nnU-Net finds (stock or ours), else nnUNetv2_train would fail minutes in; the demo's
-    main trainer must train a teacher (``needs_teacher``), which the demo exports for the cases with all four files."""
+def _check_trainer(name: str, needs_teacher: bool = False) -> type:
+    """The trainer class, which must be one nnU-Net finds (stock or ours), else nnUNetv2_train would fail minutes in;
+    the demo's main trainer must train a teacher (``needs_teacher``), which the demo exports for the cases with all
+    four files."""
     # nnU-Net prints where it searches and imported modules warn about deprecations: keep the demo's output clean
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -142,6 +176,7 @@ def _check_trainer(name: str, needs_teacher: bool = False) -> None:
     if needs_teacher and not getattr(found, "use_teacher", False):
         raise ConfigurationError(f"--trainer {name} trains no teacher; the demo needs a teacher-student KD trainer "
                                  f"such as nnUNetTrainerBarlowKD_demo (use --baseline for the student-only one)")
+    return found
 
 
 def _prepare_workdir(workdir: Path) -> None:
@@ -198,7 +233,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
     from nnunet_kd.dataset_conversion.convert import convert_brats
     from nnunet_kd.synthetic import write_brats_folder
 
-    validate_config(config)
+    student = validate_config(config)
     work = config.workdir.resolve()
     _prepare_workdir(work)
     env = demo_environment(work)
@@ -259,8 +294,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
         cmd = cli + ["predict", "-i", str(mixed), "-o", str(pred), "-d", str(TRAIN_ID), "-c", "3d_fullres",
                      "-f", "0", "--device", config.device, "-npp", "1", "-nps", "1"]
         if trainer != config.trainer:  # the baseline takes the groups the KD student would take
-            folder = results_dir / f"{trainer}__nnUNetPlans__3d_fullres"
-            cmd += ["--models", f"{','.join(config.keep)}={folder}", f"T1ce,T2,FLAIR={folder}"]
+            cmd += ["--models", *baseline_routes(student, results_dir / f"{trainer}__nnUNetPlans__3d_fullres")]
         log_file = logs / f"predict_{trainer}.log"
         run_logged(cmd, env, log_file, _not_a_warning, echo, ok_codes=(0, EXIT_REFUSED))
         routing = json.loads((pred / "routing.json").read_text())

@@ -140,6 +140,14 @@ def _corrupt(src: Path, problem: str) -> tuple[str, str]:
         write(t2, np.ones((10, 9, 8), np.float32))
         t2.write_bytes(gzip.compress(gzip.decompress(t2.read_bytes())[:-40]))
         return "truncated", t2.name
+    if problem == "truncated_seg_tail":  # the segmentation is read in one pass too: its stream is checked
+        seg = case / "BraTS2021_00001_seg.nii.gz"
+        seg.write_bytes(seg.read_bytes()[:-30])
+        return "truncated", seg.name
+    if problem == "short_payload_seg":
+        seg = case / "BraTS2021_00001_seg.nii.gz"
+        seg.write_bytes(gzip.compress(gzip.decompress(seg.read_bytes())[:-40]))
+        return "truncated", seg.name
     if problem == "truncated_nii":
         t1.unlink()
         nii = case / "BraTS2021_00001_t1.nii"
@@ -150,7 +158,8 @@ def _corrupt(src: Path, problem: str) -> tuple[str, str]:
 
 
 BAD_INPUTS = ["missing_modality", "unexpected_label", "seg_shape", "modality_shape", "modality_spacing", "garbage",
-              "truncated_gz", "truncated_gz_tail", "short_payload_gz", "truncated_nii"]
+              "truncated_gz", "truncated_gz_tail", "short_payload_gz", "truncated_seg_tail", "short_payload_seg",
+              "truncated_nii"]
 
 
 @pytest.mark.parametrize("problem", BAD_INPUTS)
@@ -179,6 +188,46 @@ def test_images_are_copied_byte_for_byte_also_from_multi_member_gzip(tmp_path):
             source = src / case / f"{case}_{modality.lower()}.nii.gz"
             [copied] = out.glob(f"images*/{case}_{index:04d}.nii.gz")
             assert copied.read_bytes() == source.read_bytes(), source
+
+
+def test_segmentation_is_copied_only_when_its_labels_are_already_canonical_uint8(tmp_path):
+    """MSD labels are canonical: a uint8 file is copied as it is, another type is written as uint8 labels; 2021
+    labels (ET 4) are mapped and written again."""
+    make_msd(tmp_path / "msd", n_train=2, n_test=0)
+    labels = tmp_path / "msd" / "Task01_BrainTumour" / "labelsTr"
+    write(labels / "BRATS_002.nii.gz", release_seg("msd").astype(np.int16))
+    out = convert_brats(tmp_path / "msd", 11, raw_root=tmp_path / "raw", progress=False)
+    assert (out / "labelsTr" / "BRATS_001.nii.gz").read_bytes() == (labels / "BRATS_001.nii.gz").read_bytes()
+    assert (out / "labelsTr" / "BRATS_002.nii.gz").read_bytes() != (labels / "BRATS_002.nii.gz").read_bytes()
+    for case in ("BRATS_001", "BRATS_002"):
+        seg, image = read(out / "labelsTr" / f"{case}.nii.gz")
+        assert seg.dtype == np.uint8
+        np.testing.assert_array_equal(seg, canonical_seg())
+        assert_geometry(image)
+    make_2021(tmp_path / "src", n=1)
+    out = convert_brats(tmp_path / "src", 12, raw_root=tmp_path / "raw", progress=False)
+    seg, _ = read(out / "labelsTr" / "BraTS2021_00000.nii.gz")
+    np.testing.assert_array_equal(seg, canonical_seg())
+
+
+def test_rescaled_segmentation_is_read_as_simpleitk_reads_it(tmp_path):
+    """A label file storing value + 10 with scl_inter -10 holds the 2021 labels for SimpleITK (and nnU-Net):
+    the one-pass reader must not take the stored values for labels."""
+    import nibabel as nib
+
+    make_2021(tmp_path / "src", n=1)
+    path = tmp_path / "src" / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"
+    original = nib.load(str(path))
+    stored = np.asarray(original.dataobj).astype(np.int16) + 10
+    shifted = nib.Nifti1Image(stored, original.affine, original.header)
+    shifted.header.set_data_dtype(np.int16)
+    shifted.header.set_slope_inter(1.0, -10.0)
+    nib.save(shifted, str(path))
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).max() == 4  # SimpleITK applies scl_inter
+    out = convert_brats(tmp_path / "src", 13, raw_root=tmp_path / "raw", progress=False)
+    seg, image = read(out / "labelsTr" / "BraTS2021_00000.nii.gz")
+    np.testing.assert_array_equal(seg, canonical_seg())
+    assert_geometry(image)
 
 
 def test_corrupt_gzip_is_detected_even_though_simpleitk_reads_it(tmp_path):

@@ -109,3 +109,29 @@ def test_demo_schedule_resumes_with_the_sized_epoch_count(nnunet_env, monkeypatc
         assert trainer.num_epochs == 3 and trainer.lr_scheduler.max_steps == 3
     finally:
         trainer.on_train_end()
+
+
+def test_demo_baseline_must_train_the_kd_trainers_student(tmp_path: Path, capsys):
+    """--baseline is nnUNetTrainerStudentOnly_demo, a T1ce + FLAIR student: a KD trainer with another student
+    is refused in one line before anything is written."""
+    work = tmp_path / "d"
+    assert main(["demo", "--workdir", str(work), "--trainer", "nnUNetTrainerBarlowKD_T1Flair", "--baseline"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "T1 + FLAIR student" in err and "T1ce + FLAIR student alone" in err, err
+    assert not work.exists()
+
+
+def test_demo_baseline_routes_follow_the_student(tmp_path: Path):
+    """The baseline gets the availability groups the KD run sends to its student (those holding its modalities,
+    except all four), computed from the trainer's student, not assumed to be FLAIR + T1ce."""
+    from nnunet_kd.demo import DemoConfig, baseline_routes, validate_config
+
+    config = DemoConfig(tmp_path / "d", trainer="nnUNetTrainerBarlowKD_demo", baseline="nnUNetTrainerStudentOnly_demo")
+    student = validate_config(config)
+    assert student == ("T1ce", "FLAIR")
+    folder = tmp_path / "model"
+    assert baseline_routes(student, folder) == [f"T1ce,FLAIR={folder}", f"T1ce,T2,FLAIR={folder}"]
+    assert baseline_routes(("T1ce", "T2", "FLAIR"), folder) == [f"T1ce,T2,FLAIR={folder}"]
+    assert baseline_routes(("T1", "FLAIR"), folder) == []
+    assert not config.workdir.exists()

@@ -311,3 +311,37 @@ def test_spec_from_plans_arch_kwargs():
     assert UNetSpec.from_arch_kwargs([20, 40, 40], resenc).n_conv_per_stage == (1, 3, 4, 6)
     with pytest.raises(ValueError):
         UNetSpec.from_arch_kwargs([20, 40], arch_kwargs)
+
+
+def earlier_residual_unet_weights(spec: UNetSpec, input_channels: int) -> dict[str, torch.Tensor]:
+    """Weights of the residual U-Net's layout before Myronenko's: built on nnU-Net's ``ResidualEncoder``."""
+    from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+
+    from nnunet_kd.networks.common import network_config
+
+    holder = torch.nn.Module()
+    holder.encoder = ResidualEncoder(
+        input_channels, spec.n_stages, list(spec.features_per_stage), spec.conv_op, [list(k) for k in spec.kernel_sizes],
+        [list(s) for s in spec.strides], [1] * spec.n_stages, conv_bias=False, dropout_op=None, dropout_op_kwargs=None,
+        return_skips=True, stem_channels=spec.features_per_stage[0], **network_config("group", "relu", spec.dim))
+    return holder.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["residual", "residual_vae", "cascaded"])
+def test_checkpoint_of_the_earlier_layout_is_refused_in_one_line(tmp_path, arch):
+    """A saved state dict of the layout the class had before the 2026-12-03 change stops with one line naming it;
+    the current layout still loads and other mismatches keep PyTorch's error."""
+    from nnunet_kd.errors import ConfigurationError
+
+    spec = tiny_spec((32, 32, 32))
+    earlier = (ModalityEncoderUNet(spec, 4, 3).state_dict() if arch == "cascaded"  # the earlier CascadedUNet
+               else earlier_residual_unet_weights(spec, 4))
+    torch.save(earlier, tmp_path / "earlier.pth")
+    net = ARCHITECTURES[arch](spec, 4, 3, False)
+    with pytest.raises(ConfigurationError) as info:
+        net.load_state_dict(torch.load(tmp_path / "earlier.pth", weights_only=True))
+    message = str(info.value)
+    assert "\n" not in message and "earlier architecture" in message and "retrain" in message, message
+    net.load_state_dict(ARCHITECTURES[arch](spec, 4, 3, True).state_dict())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        net.load_state_dict(IsenseeUNet(spec, 4, 3).state_dict())

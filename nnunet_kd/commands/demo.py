@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, default=48, help="edge of the synthetic grid in voxels (default 48)")
     parser.add_argument("--trainer", default="nnUNetTrainerBarlowKD_demo", help="trainer to demonstrate")
     parser.add_argument("--baseline", action="store_true",
-                        help="also train the student-only baseline (nnUNetTrainerStudentOnly_demo) and compare")
+                        help="also train the student-only baseline (nnUNetTrainerStudentOnly_demo, a T1ce + FLAIR "
+                             "student; --trainer must have the same student) and compare")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"), help="cpu (default) or cuda")
     parser.add_argument("--verbose", action="store_true", help="show every line nnU-Net prints")
 

@@ -13,11 +13,14 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
   ``numTest`` (nnU-Net ignores extra keys).
 
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
-and direction across modalities and segmentation, only the release's label values. Images keep their
-voxel values, type and geometry (``.nii.gz`` sources are copied byte for byte, checked from the same bytes in
-one read: SimpleITK reads the header, the stream is decompressed once in memory to check it is complete;
-``.nii`` and MSD 4D files are read fully and re-written through SimpleITK). The dataset is built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to
-the target and renamed into place at the end; any error removes it.
+and direction across modalities and segmentation, only the release's label values. Every ``.nii.gz`` file is
+read and decompressed once (:mod:`nnunet_kd.nifti`). Images keep their voxel values, type and geometry
+(``.nii.gz`` sources are copied byte for byte, checked from the same bytes: SimpleITK reads the header, the
+stream is decompressed in memory to check it is complete; ``.nii`` and MSD 4D files are read fully and
+re-written through SimpleITK). Segmentations are mapped to canonical labels and compressed again, unless the
+release's labels are already canonical and uint8 (MSD), whose files are copied as they are. The dataset is
+built in ``.DatasetXXX_NAME.nnunet-kd-tmp-<pid>`` next to the target and renamed into place at the end; any
+error removes it.
 """
 
 from __future__ import annotations
@@ -30,17 +33,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_kd.brats import MODALITIES, RESECTION_CAVITY, channel_suffix, get_convention, make_dataset_json
-from nnunet_kd.dataset_conversion._io import (
-    ImageInfo,
-    copy_checked_nifti_gz,
-    geometry_mismatch,
-    one_line,
-    read_image,
-    run_jobs,
-    write_image,
-)
+from nnunet_kd.dataset_conversion._io import run_jobs, write_image
 from nnunet_kd.dataset_conversion.layouts import BratsCase, list_cases
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
+from nnunet_kd.nifti import ImageInfo, copy_checked_nifti_gz, geometry_mismatch, one_line, read_image, read_voxels_once
 from nnunet_kd.safe_io import staged_folder
 
 FILE_ENDING = ".nii.gz"
@@ -187,21 +183,36 @@ def _split_4d(case: BratsCase) -> dict[str, sitk.Image]:
 
 
 def _write_seg(case: BratsCase, seg_path: Path, reference: sitk.Image | ImageInfo, dst: Path) -> None:
-    seg = read_image(seg_path, case.case_id, "segmentation")
+    """Check the segmentation and write its labels in the canonical convention, uint8, compressed.
+
+    A ``.nii.gz`` file is read and decompressed once (:func:`read_voxels_once`); when the release's labels are
+    already canonical (:attr:`~nnunet_kd.brats.LabelConvention.is_identity`, MSD) and stored as uint8 its bytes
+    are copied as they are, otherwise the mapped labels are compressed again.
+    """
+    if seg_path.name.endswith(".nii.gz"):
+        seg, array, data = read_voxels_once(seg_path, case.case_id, "segmentation")
+    else:
+        seg = read_image(seg_path, case.case_id, "segmentation")
+        array, data = sitk.GetArrayFromImage(seg), None
     if seg.GetDimension() != 3 or seg.GetNumberOfComponentsPerPixel() != 1:
         raise InputDataError(f"case {case.case_id}: segmentation file {seg_path} is not a 3D scalar volume")
     problem = geometry_mismatch(reference, seg)
     if problem:
         raise InputDataError(f"case {case.case_id}: segmentation file {seg_path}: {problem} of the images "
                              f"({case.images[MODALITIES[0]]})")
-    array = sitk.GetArrayFromImage(seg)
+    convention = get_convention(case.convention)
     try:
-        labels = get_convention(case.convention).to_canonical_array(array)
+        labels = convention.to_canonical_array(array)
     except ValueError as e:
         hint = ""
         if case.convention == "2023" and (array == RESECTION_CAVITY).any():
             hint = "; label 4 is the resection cavity of BraTS 2024 post-treatment data: pass --layout 2024-gli"
         raise InputDataError(f"case {case.case_id}: segmentation file {seg_path}: {e}{hint}") from None
-    out = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
-    out.CopyInformation(seg)
+    if data is not None and convention.is_identity and array.dtype == np.uint8:
+        dst.write_bytes(data)
+        return
+    out = sitk.GetImageFromArray(labels)
+    out.SetSpacing(seg.GetSpacing())
+    out.SetOrigin(seg.GetOrigin())
+    out.SetDirection(seg.GetDirection())
     write_image(out, dst)

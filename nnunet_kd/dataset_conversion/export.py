@@ -17,14 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_kd.brats import get_convention
-from nnunet_kd.dataset_conversion._io import (
-    one_line,
-    read_image,
-    require_new_folder,
-    run_jobs,
-    write_image,
-)
+from nnunet_kd.dataset_conversion._io import require_new_folder, run_jobs, write_image
 from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.nifti import one_line, read_image
 from nnunet_kd.safe_io import staged_folder
 
 _ENDINGS = (".nii.gz", ".nii")

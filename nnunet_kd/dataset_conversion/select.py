@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_kd.brats import MODALITIES, UnknownModalityError, canonical_modality, channel_suffix, parse_modality_list
-from nnunet_kd.dataset_conversion._io import check_complete, one_line, require_new_folder
+from nnunet_kd.dataset_conversion._io import require_new_folder
 from nnunet_kd.errors import InputDataError, NnunetKDError
+from nnunet_kd.nifti import check_complete, one_line
 from nnunet_kd.safe_io import read_json_object, staged_folder
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_kd.dataset_conversion._io import geometry_mismatch, read_image
 from nnunet_kd.dataset_conversion.convert import dataset_folder_name, existing_datasets
 from nnunet_kd.distillation.pseudolabel import STATUS_EMPTY, STATUS_OK, file_sha256, list_cases, load_report
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
+from nnunet_kd.nifti import ImageInfo, geometry_mismatch, read_image
 from nnunet_kd.safe_io import read_json_object, staged_folder
 
 #: dataset.json key listing the pseudo-labelled case identifiers.
@@ -165,11 +165,7 @@ def check_pseudo_label(case: str, label: Path, image: Path, allowed: set[int], e
         reference.ReadImageInformation()
     except RuntimeError as e:
         raise InputDataError(f"case {case}: cannot read image {image}: {str(e).strip().splitlines()[-1]}") from None
-    header = sitk.Image([int(s) for s in reference.GetSize()], sitk.sitkUInt8)
-    header.SetSpacing(reference.GetSpacing())
-    header.SetOrigin(reference.GetOrigin())
-    header.SetDirection(reference.GetDirection())
-    mismatch = geometry_mismatch(header, seg)
+    mismatch = geometry_mismatch(ImageInfo(reference), seg)
     if mismatch:
         raise InputDataError(f"case {case}: pseudo-label {label} does not fit its image {image}: {mismatch}")
 

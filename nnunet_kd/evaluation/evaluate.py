@@ -201,7 +201,7 @@ def read_label_map(path: str | os.PathLike, case: str = "", role: str = "label m
     problem is one :class:`InputDataError` line naming ``case``, ``role`` and the file."""
     import SimpleITK as sitk
 
-    from nnunet_kd.dataset_conversion._io import check_complete, one_line
+    from nnunet_kd.nifti import check_complete, one_line
 
     path = Path(path)
     try:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_kd.networks.common import UNetSpec, init_weights_he, interpolation_mode
+from nnunet_kd.networks.common import RefusesEarlierLayout, UNetSpec, init_weights_he, interpolation_mode
 
 #: Number of downscaled U-Nets in front of the full-resolution one (the paper: 1/2 and 1/4 of the 128^3 crop).
 CASCADE_LEVELS = 2
@@ -199,14 +199,20 @@ class CascadeMember(nn.Module):
         return self.decoder(self.encoder, self.encoder(x), context)[0]
 
 
-class CascadedUNet(nn.Module):
+class CascadedUNet(RefusesEarlierLayout):
     """Lachinov et al.'s multi-scale cascade: U-Nets at stage-1 and stage-2 resolution feed the full-resolution one.
 
     ``encoder``/``decoder`` are the full-resolution network, ``coarse[k - 1]`` the member at level ``k`` (input
     average-pooled by ``pool_factors[k - 1]``). ``forward`` returns ``n_stages - 1`` outputs highest resolution
     first when ``decoder.deep_supervision`` is True (what ``nnUNetTrainer.set_deep_supervision_enabled``
     toggles), otherwise the full-resolution logits. ``levels`` is reduced to ``n_stages - 2`` for shallow plans.
+    Checkpoints of the network this name had before (per-modality encoders, now
+    :class:`~nnunet_kd.networks.modality_encoder_unet.ModalityEncoderUNet`) are refused.
     """
+
+    earlier_layout_prefix = "encoder.encoders."
+    earlier_layout = ("per-modality encoders and a shared decoder, before Lachinov's cascade of 2026-12-03; that "
+                      "network is now nnUNetTrainerModalityEncoderUNet")
 
     def __init__(self, spec: UNetSpec, input_channels: int, num_classes: int, deep_supervision: bool = True,
                  levels: int = CASCADE_LEVELS, dropout: float = ENCODER_DROPOUT) -> None:

@@ -6,9 +6,11 @@
   patch size and spacing without a dataset (tests, benchmarks).
 * :class:`GroupNorm` is ``nn.GroupNorm`` with the ``(num_channels, **kwargs)`` signature that
   ``dynamic_network_architectures`` building blocks expect of a ``norm_op``.
-* :class:`InterpolatingDecoder` is a U-Net decoder that upsamples by (tri)linear interpolation, merges skips by
-  concatenation or addition and has one segmentation head per stage (deep supervision as in nnU-Net: a list of
+* :class:`InterpolatingDecoder` is a U-Net decoder that upsamples by (tri)linear interpolation, concatenates the
+  skips and has one segmentation head per stage (deep supervision as in nnU-Net: a list of
   outputs, highest resolution first, or a single tensor when ``deep_supervision`` is False).
+* :class:`RefusesEarlierLayout` makes a network whose layout changed refuse a checkpoint of its earlier layout
+  with one line (retrain) instead of PyTorch's list of missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
-from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 from torch.nn import functional as F
+
+from nnunet_kd.errors import ConfigurationError
 
 #: nnU-Net's default planner: features double from 32 per stage up to 320 (3D).
 BASE_FEATURES = 32
@@ -183,27 +186,22 @@ def network_config(norm: str, nonlin: str, dim: int) -> dict[str, Any]:
 
 
 class InterpolatingDecoder(nn.Module):
-    """U-Net decoder: 1x1 conv to the skip's width, (tri)linear upsampling, merge with the skip, conv blocks.
+    """U-Net decoder: 1x1 conv to the skip's width, (tri)linear upsampling, concatenation with the skip, conv blocks.
 
-    ``merge="concat"`` concatenates the skip (Isensee et al. 2018, :mod:`nnunet_kd.networks.unet`),
-    ``merge="add"`` adds it.
-    ``residual=True`` uses residual blocks (``StackedResidualBlocks``), otherwise plain conv blocks
+    The decoder of Isensee et al. 2018 (:mod:`nnunet_kd.networks.unet`), with plain conv blocks
     (``StackedConvBlocks``). Every stage has a 1x1 segmentation head so that a checkpoint trained with deep
     supervision loads into the inference network; ``deep_supervision`` decides what ``forward`` returns.
     """
 
     def __init__(self, spec: UNetSpec, encoder_channels: Sequence[int], num_classes: int,
-                 n_blocks_per_stage: Sequence[int], merge: str, residual: bool, deep_supervision: bool,
+                 n_blocks_per_stage: Sequence[int], deep_supervision: bool,
                  norm_op: type[nn.Module], norm_op_kwargs: dict, nonlin: type[nn.Module], nonlin_kwargs: dict,
                  conv_bias: bool = False) -> None:
         super().__init__()
-        if merge not in ("concat", "add"):
-            raise ValueError(f"merge must be 'concat' or 'add', not {merge!r}")
         n = len(encoder_channels)
         if len(n_blocks_per_stage) != n - 1:
             raise ValueError("n_blocks_per_stage needs one entry per decoder stage (n_stages - 1)")
         self.deep_supervision = deep_supervision
-        self.merge = merge
         self.mode = interpolation_mode(spec.dim)
         conv_op = spec.conv_op
         self.reduce = nn.ModuleList()
@@ -212,16 +210,11 @@ class InterpolatingDecoder(nn.Module):
         for s in range(1, n):
             below, skip = encoder_channels[-s], encoder_channels[-(s + 1)]
             self.reduce.append(conv_op(below, skip, 1, 1, 0, bias=conv_bias))
-            in_ch = 2 * skip if merge == "concat" else skip
-            common = dict(conv_op=conv_op, input_channels=in_ch, output_channels=skip,
-                          kernel_size=spec.kernel_sizes[-(s + 1)], conv_bias=conv_bias, norm_op=norm_op,
-                          norm_op_kwargs=norm_op_kwargs, dropout_op=None, dropout_op_kwargs=None, nonlin=nonlin,
-                          nonlin_kwargs=nonlin_kwargs)
-            if residual:
-                block: nn.Module = StackedResidualBlocks(n_blocks=n_blocks_per_stage[s - 1], initial_stride=1, **common)
-            else:
-                block = StackedConvBlocks(num_convs=n_blocks_per_stage[s - 1], initial_stride=1, **common)
-            self.stages.append(block)
+            self.stages.append(StackedConvBlocks(
+                num_convs=n_blocks_per_stage[s - 1], conv_op=conv_op, input_channels=2 * skip, output_channels=skip,
+                kernel_size=spec.kernel_sizes[-(s + 1)], initial_stride=1, conv_bias=conv_bias, norm_op=norm_op,
+                norm_op_kwargs=norm_op_kwargs, dropout_op=None, dropout_op_kwargs=None, nonlin=nonlin,
+                nonlin_kwargs=nonlin_kwargs))
             self.seg_layers.append(conv_op(skip, num_classes, 1, 1, 0, bias=True))
 
     def upsample(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -235,12 +228,37 @@ class InterpolatingDecoder(nn.Module):
         for s, (reduce, stage) in enumerate(zip(self.reduce, self.stages)):
             skip = skips[-(s + 2)]
             x = self.upsample(reduce(x), skip.shape[2:])
-            x = torch.cat((x, skip), 1) if self.merge == "concat" else x + skip
+            x = torch.cat((x, skip), 1)
             x = stage(x)
             if self.deep_supervision or s == last:
                 outputs.append(self.seg_layers[s](x))
         outputs = outputs[::-1]
         return outputs if self.deep_supervision else outputs[0]
+
+
+class RefusesEarlierLayout(nn.Module):
+    """A network that an earlier nnunet-kd version built with another layout: its checkpoints cannot load.
+
+    Every nnU-Net load path ends in the plain network's ``load_state_dict`` (``nnUNetTrainer.load_checkpoint``
+    for ``--c``/``--val``, ``nnUNetPredictor`` for ``nnUNetv2_predict`` and ``nnunet-kd predict``), so the check
+    is made here rather than in a trainer, which the predictor never calls. A subclass names a key prefix that only the earlier layout has
+    (:attr:`earlier_layout_prefix`) and says what that layout was (:attr:`earlier_layout`); a state dict with
+    such keys raises :class:`~nnunet_kd.errors.ConfigurationError` (one line). Any other mismatch keeps PyTorch's
+    own error.
+    """
+
+    earlier_layout_prefix: str = ""
+    earlier_layout: str = ""
+
+    def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        prefix = self.earlier_layout_prefix
+        if prefix and any(k.startswith(prefix) for k in state_dict) and \
+                not any(k.startswith(prefix) for k in self.state_dict()):
+            name = type(self).__name__
+            raise ConfigurationError(f"this checkpoint holds a {name} of the earlier architecture ({self.earlier_layout}); "
+                                     f"its weights do not fit the current {name}: retrain the model with this version "
+                                     f"of nnunet-kd")
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
 
 def init_weights_he(module: nn.Module) -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_kd.networks.common import GroupNorm, UNetSpec, init_weights_he, interpolation_mode
+from nnunet_kd.networks.common import GroupNorm, RefusesEarlierLayout, UNetSpec, init_weights_he, interpolation_mode
 
 #: Myronenko's latent size (128 means + 128 log-variances) and the channels of the VAE's reduced bottleneck.
 VAE_LATENT_DIM = 128
@@ -215,13 +215,17 @@ class VAEBranch(nn.Module):
         return self.out(h), mu, logvar
 
 
-class ResidualUNet(nn.Module):
+class ResidualUNet(RefusesEarlierLayout):
     """Myronenko's residual U-Net (GroupNorm, ReLU, pre-activation blocks, encoder-heavy), optionally with the VAE.
 
     ``forward`` returns the segmentation logits like nnU-Net's networks (a list highest resolution first with
     deep supervision, else a tensor). In training mode with ``vae=True`` it also computes the VAE loss of this batch;
     :meth:`pop_auxiliary_loss` returns it (and forgets it), :attr:`last_vae_terms` keeps the unweighted L2 and KL.
+    Checkpoints of the residual U-Net before Myronenko's layout (nnU-Net's ``ResidualEncoder``) are refused.
     """
+
+    earlier_layout_prefix = "encoder.stem.convs."
+    earlier_layout = "nnU-Net's ResidualEncoder and an additive residual decoder, before Myronenko's layout of 2026-12-03"
 
     def __init__(self, spec: UNetSpec, input_channels: int, num_classes: int, deep_supervision: bool = True,
                  vae: bool = False, vae_l2_weight: float = 0.1, vae_kl_weight: float = 0.1,

@@ -31,8 +31,8 @@ class IsenseeUNet(nn.Module):
             [list(k) for k in spec.kernel_sizes], [list(s) for s in spec.strides], list(spec.n_conv_per_stage),
             conv_bias=True, dropout_op=None, dropout_op_kwargs=None, return_skips=True, **cfg)
         self.decoder = InterpolatingDecoder(
-            spec, spec.features_per_stage, num_classes, spec.n_conv_per_stage_decoder, merge="concat",
-            residual=False, deep_supervision=deep_supervision, conv_bias=True, **cfg)
+            spec, spec.features_per_stage, num_classes, spec.n_conv_per_stage_decoder,
+            deep_supervision=deep_supervision, conv_bias=True, **cfg)
         init_weights_he(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
