@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -181,43 +182,155 @@ def test_synthetic_release_namings_and_cavity(tmp_path):
     assert all((labels == v).any() for v in (1, 2, 3, 4))  # the tumour is intact next to the cavity
 
 
-@pytest.mark.slow
-def test_post_treatment_dataset_trains_a_kd_student_predicts_and_evaluates(tmp_path):
-    """synth 2024-gli -> convert-brats -> nnUNetv2_plan_and_preprocess -> KD _smoke training -> predict -> evaluate."""
-    from conftest import BIN, nnunet_subprocess_env
-    from nnunet_kd.synthetic import write_brats_folder
+# ---------------------------------------------------------------------------------------------------- end to end
+#: Every dataset kind: (synth/convert layout, brats_kind, nnU-Net dataset id). Each is its own converted dataset.
+E2E_KINDS: tuple[tuple[str, str, int], ...] = (
+    ("2023", "GLI", 601), ("2023-ssa", "SSA", 602), ("2023-men", "MEN", 603), ("2023-met", "MET", 604),
+    ("2023-ped", "PED", 605), ("2024-gli", "GLI-POST", 606), ("2024-ped", "PED-2024", 607),
+)
+E2E_TRAINER = "nnUNetTrainerBarlowKD_tinysmoke"  # the KD trainer, 1 step, no final validation
+E2E_CASES, E2E_SHAPE = 2, 24
+#: Written out here from the reference definitions (docs/datasets.md), not taken from nnunet_kd.brats:
+#: each kind's dataset.json labels, regions_class_order and scored regions as sets of canonical labels.
+_THREE_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3}
+_THREE_REGIONS = {"WT": {1, 2, 3}, "TC": {2, 3}, "ET": {3}}
+E2E_EXPECTED = {
+    **{k: (_THREE_LABELS, [1, 2, 3], _THREE_REGIONS) for k in ("GLI", "SSA", "MEN", "MET", "PED")},
+    "GLI-POST": ({**_THREE_LABELS, "resection_cavity": 4}, [1, 2, 3, 4],
+                 {**_THREE_REGIONS, "NETC": {2}, "SNFH": {1}, "RC": {4}}),
+    "PED-2024": ({"background": 0, "whole_tumor": [1, 2, 3, 4], "tumor_core": [2, 3, 4], "enhancing_tumor": 3,
+                  "cystic_component": 4}, [1, 2, 3, 4],
+                 {"WT": {1, 2, 3, 4}, "TC": {2, 3, 4}, "ET": {3}, "NETC": {2}, "CC": {4}, "ED": {1}}),
+}
+#: Release labels -> canonical labels, per layout, from the label tables (PED 2024: ET 1, NET 2, CC 3, ED 4).
+_RELEASE_TO_CANONICAL = {
+    **{layout: {0: 0, 1: 2, 2: 1, 3: 3} for layout in ("2023", "2023-ssa", "2023-men", "2023-met", "2023-ped")},
+    "2024-gli": {0: 0, 1: 2, 2: 1, 3: 3, 4: 4}, "2024-ped": {0: 0, 1: 3, 2: 2, 3: 4, 4: 1},
+}
 
-    raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
-    for p in (raw, pre, res):
-        p.mkdir()
-    env = nnunet_subprocess_env(raw, pre, res)
-    source = tmp_path / "BraTS2024_synthetic"
-    start = time.perf_counter()
-    write_brats_folder(source, 5, layout="2024-gli", seed=4, shape=(32, 32, 32), progress=False)
+
+@dataclass
+class KindRun:
+    layout: str
+    kind: str
+    dataset: Path  # nnUNet_raw/DatasetXXX_KIND
+    source: Path  # the synthetic release folder
+    pred: Path
+    evaluation: Path
+    model: Path
+
+
+def _e2e_lane(kinds, tmp: Path, env: dict[str, str], runs: dict[str, KindRun], seconds: dict[str, float]) -> None:
+    """synth -> convert-brats for each kind of this lane, one nnUNetv2_plan_and_preprocess for all of them, then
+    nnUNetv2_train (KD, tiny) -> select-modalities -> nnUNetv2_predict (student files) -> evaluate per kind."""
+    from conftest import BIN
 
     def run(*cmd: str, **extra_env: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(list(cmd), env={**env, **extra_env}, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
-    run(sys.executable, "-m", "nnunet_kd.cli", "convert-brats", str(source), "-d", "524", "-n", "Post")
-    dataset = raw / "Dataset524_Post"
-    assert json.loads((dataset / "dataset.json").read_text())["brats_kind"] == "GLI-POST"
-    run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "524", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-        "--verify_dataset_integrity", nnUNet_n_proc_DA="1")  # the planner calls torch.set_num_threads(n_proc_DA)
-    trainer = "nnUNetTrainerBarlowKD_smoke"
-    run(str(BIN / "nnUNetv2_train"), "524", "3d_fullres", "0", "-tr", trainer, "-device", "cpu")
-    model = res / "Dataset524_Post" / f"{trainer}__nnUNetPlans__3d_fullres"
-    pred, student_inputs = tmp_path / "pred", tmp_path / "student_inputs"
-    run(sys.executable, "-m", "nnunet_kd.cli", "select-modalities", str(dataset / "imagesTr"), str(student_inputs),
-        "--keep", "T1ce,FLAIR")  # the KD student's own channels
-    run(str(BIN / "nnUNetv2_predict"), "-i", str(student_inputs), "-o", str(pred), "-d", "524",
-        "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-        "--disable_tta")
-    out = run(sys.executable, "-m", "nnunet_kd.cli", "evaluate", str(pred), str(dataset / "labelsTr"),
-              "-o", str(tmp_path / "eval"), "-np", "1", "--no-progress")
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["dataset_kind"] == "GLI-POST" and "RC" in summary["metrics"], out.stdout
-    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
-    assert json.loads((pred / "dataset.json").read_text())["labels"]["resection_cavity"] == 4
-    print(f"post-treatment end-to-end: {time.perf_counter() - start:.0f} s")
+    cli = (sys.executable, "-m", "nnunet_kd.cli")
+    raw, results = Path(env["nnUNet_raw"]), Path(env["nnUNet_results"])
+    for layout, kind, dataset_id in kinds:
+        start = time.perf_counter()
+        # a year in the release folder's name, as in the official archives: PED 2023/2024 need it
+        source = tmp / f"BraTS{layout[:4]}-{kind}-synthetic"
+        run(*cli, "synth", str(source), "--cases", str(E2E_CASES), "--layout", layout, "--shape", str(E2E_SHAPE),
+            "--seed", str(dataset_id), "--no-progress")
+        run(*cli, "convert-brats", str(source), "-d", str(dataset_id), "-n", kind)  # layout auto-detected
+        name = f"Dataset{dataset_id}_{kind}"
+        runs[kind] = KindRun(layout, kind, raw / name, source, tmp / f"pred_{kind}", tmp / f"eval_{kind}",
+                             results / name / f"{E2E_TRAINER}__nnUNetPlans__3d_fullres")
+        seconds[kind] = time.perf_counter() - start
+    start = time.perf_counter()
+    run(str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", *[str(k[2]) for k in kinds], "-c", "3d_fullres",
+        "-np", "1", "-npfp", "1", nnUNet_n_proc_DA="1")  # the planner calls torch.set_num_threads(n_proc_DA)
+    for _, kind, _ in kinds:
+        seconds[kind] += (time.perf_counter() - start) / len(kinds)
+    for _, kind, dataset_id in kinds:
+        start = time.perf_counter()
+        r = runs[kind]
+        run(str(BIN / "nnUNetv2_train"), str(dataset_id), "3d_fullres", "all", "-tr", E2E_TRAINER, "-device", "cpu")
+        student_inputs = tmp / f"student_{kind}"
+        run(*cli, "select-modalities", str(r.dataset / "imagesTr"), str(student_inputs), "--keep", "T1ce,FLAIR")
+        run(str(BIN / "nnUNetv2_predict"), "-i", str(student_inputs), "-o", str(r.pred), "-d", str(dataset_id),
+            "-c", "3d_fullres", "-tr", E2E_TRAINER, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1",
+            "--disable_tta")
+        run(*cli, "evaluate", str(r.pred), str(r.dataset / "labelsTr"), "-o", str(r.evaluation), "-np", "1",
+            "--no-progress")
+        seconds[kind] += time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KindRun]:
+    """Every dataset kind through the real CLIs, in two lanes (one per core: every step is single-threaded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import nnunet_subprocess_env
+
+    tmp = tmp_path_factory.mktemp("kinds")
+    raw, pre, res = tmp / "raw", tmp / "pre", tmp / "res"
+    for p in (raw, pre, res):
+        p.mkdir()
+    env = {**nnunet_subprocess_env(raw, pre, res), "OMP_NUM_THREADS": "1"}
+    runs: dict[str, KindRun] = {}
+    seconds: dict[str, float] = {}
+    lanes = (E2E_KINDS[0::2], E2E_KINDS[1::2])
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        for future in [pool.submit(_e2e_lane, lane, tmp, env, runs, seconds) for lane in lanes]:
+            future.result()
+    print(f"\nall {len(E2E_KINDS)} dataset kinds end to end: {time.perf_counter() - start:.0f} s wall "
+          f"(per kind, lane time: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
+    return runs
+
+
+def _labels_of(path: Path) -> set[int]:
+    return set(np.unique(read(path)).tolist())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [k for _, k, _ in E2E_KINDS])
+def test_every_kind_converts_trains_a_kd_student_predicts_and_evaluates(kind_runs, kind):
+    """synth --layout -> convert-brats -> plan_and_preprocess -> KD training -> nnUNetv2_predict -> evaluate."""
+    r = kind_runs[kind]
+    labels, class_order, regions = E2E_EXPECTED[kind]
+    meta = json.loads((r.dataset / "dataset.json").read_text())
+    assert meta["brats_kind"] == kind and meta["source_layout"] == r.layout
+    assert meta["labels"] == labels and meta["regions_class_order"] == class_order
+    # the converted labels are the release's, mapped by the label table
+    mapping = _RELEASE_TO_CANONICAL[r.layout]
+    case_ids = sorted(p.name for p in r.source.iterdir())
+    assert len(case_ids) == E2E_CASES
+    release_values = set()
+    for cid in case_ids:
+        release = read(r.source / cid / f"{cid}-seg.nii.gz")
+        release_values |= set(np.unique(release).tolist())
+        expected = np.vectorize(mapping.__getitem__)(release)
+        np.testing.assert_array_equal(read(r.dataset / "labelsTr" / f"{cid}.nii.gz"), expected)
+    assert release_values == set(mapping), (kind, release_values)  # every tissue label occurs
+
+    assert (r.model / "fold_all" / "checkpoint_final.pth").is_file()
+    pred_meta = json.loads((r.pred / "dataset.json").read_text())
+    assert pred_meta["brats_kind"] == kind and pred_meta["labels"] == labels
+    summary = json.loads((r.evaluation / "summary.json").read_text())
+    assert summary["dataset_kind"] == kind and summary["regions"] == list(regions)
+    assert set(summary["metrics"]) >= set(regions)
+    with open(r.evaluation / "per_case.csv") as f:
+        header, *rows = [line.rstrip("\n").split(",") for line in f]
+    by_case = {row[header.index("case")]: dict(zip(header, row)) for row in rows}
+    assert sorted(by_case) == case_ids
+    for cid in case_ids:
+        gt_image = sitk.ReadImage(str(r.dataset / "labelsTr" / f"{cid}.nii.gz"))
+        pred_image = sitk.ReadImage(str(r.pred / f"{cid}.nii.gz"))
+        assert pred_image.GetSize() == gt_image.GetSize()
+        assert np.allclose(pred_image.GetSpacing(), gt_image.GetSpacing())
+        assert np.allclose(pred_image.GetOrigin(), gt_image.GetOrigin())
+        assert np.allclose(pred_image.GetDirection(), gt_image.GetDirection())
+        pred, gt = sitk.GetArrayFromImage(pred_image), sitk.GetArrayFromImage(gt_image)
+        assert set(np.unique(pred).tolist()) <= {0, *range(1, max(class_order) + 1)}, (kind, cid)
+        for region, values in regions.items():
+            p, g = np.isin(pred, list(values)), np.isin(gt, list(values))
+            expected = 1.0 if not p.any() and not g.any() else 2.0 * (p & g).sum() / (p.sum() + g.sum())
+            assert float(by_case[cid][f"{region}_dice"]) == pytest.approx(expected, abs=1e-6), (kind, cid, region)
