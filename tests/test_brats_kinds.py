@@ -182,6 +182,121 @@ def test_synthetic_release_namings_and_cavity(tmp_path):
     assert all((labels == v).any() for v in (1, 2, 3, 4))  # the tumour is intact next to the cavity
 
 
+# ---------------------------------------------------------------------------------------------------- PED 2024
+#: A PED 2024 segmentation in release labels (ET 1, NET 2, CC 3, ED 4) and the same tissues canonically
+#: (dataset137-cc: ED 1, NET 2, ET 3, CC 4), written out by hand from the label tables.
+def _ped_2024_release_and_canonical() -> tuple[np.ndarray, np.ndarray]:
+    release = np.zeros((10, 9, 8), dtype=np.uint8)
+    release[2:8, 2:7, 1:7] = 4  # edema
+    release[3:7, 3:6, 2:6] = 2  # non-enhancing tumour
+    release[3:4, 3:5, 2:4] = 3  # cyst
+    release[5:7, 4:5, 3:5] = 1  # enhancing
+    canonical = np.zeros_like(release)
+    canonical[release == 4], canonical[release == 2] = 1, 2
+    canonical[release == 3], canonical[release == 1] = 4, 3
+    return release, canonical
+
+
+def _make_ped_2024(root: Path, release_name: str, n: int = 2) -> list[str]:
+    from brats_release_builders import GLI_FILES, write, write_folder_case
+
+    release, _ = _ped_2024_release_and_canonical()
+    ids = [f"BraTS-PED-{i:05d}-000" for i in range(n)]
+    for i, cid in enumerate(ids):
+        write_folder_case(root / release_name, cid, "-", GLI_FILES, "2024-ped", i, labeled=False)
+        write(root / release_name / cid / f"{cid}-seg.nii.gz", release)
+    return ids
+
+
+def test_ped_2024_regions_follow_the_reference_definitions():
+    # metrics_PED.py (BraTS-2024-Metrics) in release labels: WT 1-4, TC 1-3, ET 1, NETC 2, CC 3, ED 4
+    release = np.arange(5)
+    canonical = brats.get_convention("2024-ped").to_canonical_array(release)
+    official = {"WT": {1, 2, 3, 4}, "TC": {1, 2, 3}, "ET": {1}, "NETC": {2}, "CC": {3}, "ED": {4}}
+    kind = brats.get_kind("PED-2024")
+    assert list(kind.eval_regions) == ["WT", "TC", "ET", "NETC", "CC", "ED"]
+    for region, labels in kind.eval_regions.items():
+        assert set(release[np.isin(canonical, labels)].tolist()) == official[region], region
+    assert not kind.has_resection_cavity and brats.get_kind("GLI-POST").has_resection_cavity
+    meta = brats.make_dataset_json(1, "x", kind="PED-2024")
+    assert brats.kind_of_dataset_json({"labels": meta["labels"]}).name == "PED-2024"
+
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    _, seg = _ped_2024_release_and_canonical()
+    manager = LabelManager(meta["labels"], meta["regions_class_order"])
+    target = np.stack([np.isin(seg, r) for r in manager.foreground_regions]).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(manager.convert_probabilities_to_segmentation(target)), seg)
+
+
+def test_ped_2024_release_is_detected_by_its_folder_year_and_converted(tmp_path):
+    ids = _make_ped_2024(tmp_path / "BraTS-PEDs2024_Training", "BraTS2024-PED-Challenge-TrainingData")
+    assert detect_layout(tmp_path / "BraTS-PEDs2024_Training") == "2024-ped"
+    out = convert_brats(tmp_path / "BraTS-PEDs2024_Training", 515, name="Ped24", raw_root=tmp_path / "raw",
+                        progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["brats_kind"] == "PED-2024" and meta["source_layout"] == "2024-ped"
+    assert meta["labels"]["cystic_component"] == 4 and meta["regions_class_order"] == [1, 2, 3, 4]
+    _, canonical = _ped_2024_release_and_canonical()
+    for case_id in ids:
+        np.testing.assert_array_equal(read(out / "labelsTr" / f"{case_id}.nii.gz"), canonical)
+    # back to release labels for submission
+    exported = cli("export-brats", str(out / "labelsTr"), str(tmp_path / "export"), "--convention", "2024-ped")
+    assert exported.returncode == 0, exported.stderr
+    np.testing.assert_array_equal(read(tmp_path / "export" / f"{ids[0]}.nii.gz"),
+                                  _ped_2024_release_and_canonical()[0])
+
+
+def _convert_cli(src: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    raw = tmp_path / "raw_cli"
+    raw.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "nnunet_kd.cli", "convert-brats", str(src), "-d", "516", *extra],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp_path / "pre"),
+                                   nnUNet_results=str(tmp_path / "res"), OMP_NUM_THREADS="1"))
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_ped_without_a_year_is_refused_and_2023_ped_meeting_label_4_points_at_2024_ped(tmp_path):
+    _make_ped_2024(tmp_path / "src", "ped_release")  # no year anywhere: 2023 or 2024 labels?
+    line = _one_line_error(_convert_cli(tmp_path / "src", tmp_path))
+    assert "--layout 2023-ped or --layout 2024-ped" in line
+    assert list((tmp_path / "raw_cli").iterdir()) == []
+    line = _one_line_error(_convert_cli(tmp_path / "src", tmp_path, "--layout", "2023-ped"))
+    assert "label value(s) [4]" in line and "--layout 2024-ped" in line
+    assert list((tmp_path / "raw_cli").iterdir()) == []
+    assert _convert_cli(tmp_path / "src", tmp_path, "--layout", "2024-ped").returncode == 0
+    # the 2023 PED release keeps converting as before
+    make_2023_challenge(tmp_path / "src23", "PED")
+    assert detect_layout(tmp_path / "src23") == "2023-ped"
+
+
+def test_men_rt_release_is_refused_in_one_line(tmp_path):
+    from brats_release_builders import write
+
+    case = tmp_path / "BraTS2024-MEN-RT-TrainingData" / "BraTS-MEN-RT-0002-1"
+    write(case / "BraTS-MEN-RT-0002-1_t1c.nii.gz", np.ones((4, 4, 4), dtype=np.float32))
+    write(case / "BraTS-MEN-RT-0002-1_gtv.nii.gz", np.ones((4, 4, 4), dtype=np.uint8))
+    line = _one_line_error(_convert_cli(tmp_path / "BraTS2024-MEN-RT-TrainingData", tmp_path))
+    assert "MEN-RT" in line and "not support" in line
+    assert list((tmp_path / "raw_cli").iterdir()) == []
+
+
+def test_synthetic_ped_2024_cases_have_every_tissue(tmp_path):
+    from nnunet_kd.synthetic import case_id, write_brats_folder
+
+    assert case_id("2024-ped", 1) == "BraTS-PED-00001-000"
+    (cid,) = write_brats_folder(tmp_path / "BraTS2024_ped", 1, layout="2024-ped", seed=3, shape=(24, 24, 24),
+                                progress=False)
+    assert set(np.unique(read(tmp_path / "BraTS2024_ped" / cid / f"{cid}-seg.nii.gz")).tolist()) == {0, 1, 2, 3, 4}
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 #: Every dataset kind: (synth/convert layout, brats_kind, nnU-Net dataset id). Each is its own converted dataset.
 E2E_KINDS: tuple[tuple[str, str, int], ...] = (
