@@ -341,7 +341,7 @@ def _e2e_lane(kinds, tmp: Path, env: dict[str, str], runs: dict[str, KindRun], s
     from conftest import BIN
 
     def run(*cmd: str, **extra_env: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(cmd), env={**env, **extra_env}, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(list(cmd), env={**env, **extra_env}, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
@@ -380,6 +380,7 @@ def _e2e_lane(kinds, tmp: Path, env: dict[str, str], runs: dict[str, KindRun], s
 @pytest.fixture(scope="module")
 def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KindRun]:
     """Every dataset kind through the real CLIs, in two lanes (one per core: every step is single-threaded)."""
+    import resource
     from concurrent.futures import ThreadPoolExecutor
 
     from conftest import nnunet_subprocess_env
@@ -393,10 +394,14 @@ def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KindRun]:
     seconds: dict[str, float] = {}
     lanes = (E2E_KINDS[0::2], E2E_KINDS[1::2])
     start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = usage.ru_utime + usage.ru_stime
     with ThreadPoolExecutor(len(lanes)) as pool:
         for future in [pool.submit(_e2e_lane, lane, tmp, env, runs, seconds) for lane in lanes]:
             future.result()
-    print(f"\nall {len(E2E_KINDS)} dataset kinds end to end: {time.perf_counter() - start:.0f} s wall "
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"\nall {len(E2E_KINDS)} dataset kinds end to end: {time.perf_counter() - start:.0f} s wall, "
+          f"{usage.ru_utime + usage.ru_stime - cpu_before:.0f} s CPU in subprocesses "
           f"(per kind, lane time: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
     return runs
 
