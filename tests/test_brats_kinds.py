@@ -245,6 +245,15 @@ def test_ped_2024_release_is_detected_by_its_folder_year_and_converted(tmp_path)
     assert exported.returncode == 0, exported.stderr
     np.testing.assert_array_equal(read(tmp_path / "export" / f"{ids[0]}.nii.gz"),
                                   _ped_2024_release_and_canonical()[0])
+    # a PED-2024 prediction folder (dataset.json copied by nnUNetv2_predict) is not exported as post-treatment GLI
+    import shutil
+
+    shutil.copytree(out / "labelsTr", tmp_path / "pred")
+    shutil.copy(out / "dataset.json", tmp_path / "pred" / "dataset.json")
+    refused = cli("export-brats", str(tmp_path / "pred"), str(tmp_path / "export_gli"), "--convention", "2024-gli")
+    lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
+    assert refused.returncode != 0 and len(lines) == 1 and "PED-2024" in lines[0], refused.stderr
+    assert not (tmp_path / "export_gli").exists()
 
 
 def _convert_cli(src: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
