@@ -6,10 +6,13 @@ Canonical convention (nnU-Net's Dataset137):
 * labels background 0, edema (ED) 1, non-enhancing tumour core / necrosis (NCR) 2, enhancing tumour (ET) 3;
 * regions whole tumour WT = {1, 2, 3}, tumour core TC = {2, 3}, enhancing tumour ET = {3}, trained with
   sigmoid outputs in the order of ``REGIONS_CLASS_ORDER``;
-* post-treatment data (BraTS 2024 GLI) add the resection cavity RC = label 4, in neither WT nor TC.
+* post-treatment data (BraTS 2024 GLI) add the resection cavity RC = label 4, in neither WT nor TC;
+* BraTS 2024 paediatric data (PED-2024) instead add the cystic component CC = label 4, part of WT and TC
+  (nnU-Net needs consecutive labels, so label 4 means RC or CC depending on the dataset kind; the
+  ``canonical_convention`` of the kind, ``dataset137-rc`` or ``dataset137-cc``, says which).
 
 Every BraTS release stores labels differently; :data:`CONVENTIONS` maps each to the canonical labels. A
-:class:`DatasetKind` (:data:`KINDS`: GLI, SSA, MEN, MET, PED, GLI-POST) says which canonical labels a dataset
+:class:`DatasetKind` (:data:`KINDS`: GLI, SSA, MEN, MET, PED, GLI-POST, PED-2024) says which canonical labels a dataset
 has, which regions nnU-Net trains, which regions ``evaluate`` scores and which lesion-wise parameters apply;
 the converter records it as ``brats_kind`` in dataset.json (:func:`kind_of_dataset_json` reads it back). Why one
 module: the label values 1-3 mean different tissues in different releases, so every reader and writer of labels
@@ -39,6 +42,8 @@ MODALITY_ALIASES: dict[str, str] = {
 
 #: Canonical label values (RESECTION_CAVITY only in post-treatment datasets).
 BACKGROUND, EDEMA, NECROSIS, ENHANCING, RESECTION_CAVITY = 0, 1, 2, 3, 4
+#: Canonical label of the cystic component in BraTS 2024 paediatric (PED-2024) datasets, which have no cavity.
+CYSTIC_COMPONENT = 4
 LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", EDEMA: "edema", NECROSIS: "necrosis", ENHANCING: "enhancing",
                                RESECTION_CAVITY: "resection_cavity"}
 
@@ -50,9 +55,18 @@ REGIONS: dict[str, tuple[int, ...]] = {
 }
 #: Short names used in tables (WT, TC, ET, RC) for the keys of :data:`REGIONS` and :data:`POST_TREATMENT_REGIONS`.
 REGION_ABBREVIATIONS: dict[str, str] = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET",
-                                        "resection_cavity": "RC"}
+                                        "resection_cavity": "RC", "cystic_component": "CC"}
 #: The regions nnU-Net trains on post-treatment data: WT, TC, ET and the resection cavity, painted in this order.
 POST_TREATMENT_REGIONS: dict[str, tuple[int, ...]] = {**REGIONS, "resection_cavity": (RESECTION_CAVITY,)}
+#: The regions nnU-Net trains on BraTS 2024 paediatric data: WT and TC include the cystic component (label 4),
+#: painted WT (edema 1), TC (non-enhancing tumour 2), ET (3), CC (4); CC and ET are disjoint, so the painted map
+#: gives back all four tissue labels.
+PAEDIATRIC_2024_REGIONS: dict[str, tuple[int, ...]] = {
+    "whole_tumor": (EDEMA, NECROSIS, ENHANCING, CYSTIC_COMPONENT),
+    "tumor_core": (NECROSIS, ENHANCING, CYSTIC_COMPONENT),
+    "enhancing_tumor": (ENHANCING,),
+    "cystic_component": (CYSTIC_COMPONENT,),
+}
 #: nnU-Net's ``regions_class_order``: the label painted by each region output, later ones on top.
 REGIONS_CLASS_ORDER: tuple[int, ...] = (EDEMA, NECROSIS, ENHANCING)
 
@@ -186,13 +200,18 @@ CONVENTIONS: dict[str, LabelConvention] = {
     "2023-ped": LabelConvention("2023-ped", _BRATS_2023, "BraTS 2023 PED: NETC 1, SNFH 2, ET 3", "PED"),
     "2024-gli": LabelConvention("2024-gli", {**_BRATS_2023, 4: RESECTION_CAVITY},
                                 "BraTS 2024 GLI post-treatment: NETC 1, SNFH 2, ET 3, RC 4", "GLI-POST"),
+    "dataset137-cc": LabelConvention("dataset137-cc", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
+                                     "nnU-Net paediatric 2024: ED 1, NET 2, ET 3, CC 4", "PED-2024"),
+    "2024-ped": LabelConvention("2024-ped", {0: 0, 1: ENHANCING, 2: NECROSIS, 3: CYSTIC_COMPONENT, 4: EDEMA},
+                                "BraTS 2024 PED: ET 1, NET 2, CC 3, ED 4", "PED-2024"),
     "msd": LabelConvention("msd", {0: 0, 1: EDEMA, 2: NECROSIS, 3: ENHANCING},
                            "MSD Task01: edema 1, non-enhancing tumour 2, enhancing tumour 3"),
 }
 
 
 def get_convention(name: str) -> LabelConvention:
-    """The label convention called ``name`` (``dataset137``, ``2018`` … ``2023``, ``2023-men``, ``2024-gli``, ``msd`` …)."""
+    """The label convention called ``name`` (``dataset137``, ``2018`` … ``2023``, ``2023-men``, ``2024-gli``,
+    ``2024-ped``, ``msd`` …)."""
     key = str(name).lower()
     if key not in CONVENTIONS:
         raise NnunetKDError(f"unknown label convention '{name}'; expected one of {', '.join(CONVENTIONS)}")
@@ -219,7 +238,7 @@ class DatasetKind:
 
     @property
     def has_resection_cavity(self) -> bool:
-        return RESECTION_CAVITY in self.regions_class_order
+        return self.canonical_convention == "dataset137-rc"
 
 
 _EVAL_3 = {REGION_ABBREVIATIONS[r]: v for r, v in REGIONS.items()}
@@ -227,6 +246,11 @@ _EVAL_3 = {REGION_ABBREVIATIONS[r]: v for r, v in REGIONS.items()}
 #: neither WT nor TC; NETC is the release's label 1 (canonical 2), SNFH its label 2 (canonical 1).
 POST_TREATMENT_EVAL_REGIONS: dict[str, tuple[int, ...]] = {
     **_EVAL_3, "NETC": (NECROSIS,), "SNFH": (EDEMA,), "RC": (RESECTION_CAVITY,)}
+#: The BraTS 2024 paediatric regions (BraTS-2024-Metrics ``metrics_PED.py``: WT 1-4, TC 1-3, ET 1, NETC 2, CC 3,
+#: ED 4 in release labels) in canonical labels, in the reference's order.
+PAEDIATRIC_2024_EVAL_REGIONS: dict[str, tuple[int, ...]] = {
+    "WT": PAEDIATRIC_2024_REGIONS["whole_tumor"], "TC": PAEDIATRIC_2024_REGIONS["tumor_core"], "ET": (ENHANCING,),
+    "NETC": (NECROSIS,), "CC": (CYSTIC_COMPONENT,), "ED": (EDEMA,)}
 
 
 def _three_region_kind(name: str, description: str) -> DatasetKind:
@@ -243,11 +267,15 @@ KINDS: dict[str, DatasetKind] = {
     "GLI-POST": DatasetKind("GLI-POST", "post-treatment adult glioma with resection cavity (BraTS 2024)",
                             "dataset137-rc", "GLI-POST", POST_TREATMENT_REGIONS,
                             REGIONS_CLASS_ORDER + (RESECTION_CAVITY,), POST_TREATMENT_EVAL_REGIONS),
+    "PED-2024": DatasetKind("PED-2024", "paediatric tumours with cystic component (BraTS 2024)", "dataset137-cc",
+                            "PED-2024", PAEDIATRIC_2024_REGIONS, REGIONS_CLASS_ORDER + (CYSTIC_COMPONENT,),
+                            PAEDIATRIC_2024_EVAL_REGIONS),
 }
 
 
 def get_kind(name: str) -> DatasetKind:
-    """The dataset kind called ``name`` (``GLI``, ``SSA``, ``MEN``, ``MET``, ``PED``, ``GLI-POST``; any case)."""
+    """The dataset kind called ``name`` (``GLI``, ``SSA``, ``MEN``, ``MET``, ``PED``, ``GLI-POST``, ``PED-2024``;
+    any case)."""
     key = str(name).upper()
     if key not in KINDS:
         raise NnunetKDError(f"unknown BraTS dataset kind '{name}'; expected one of {', '.join(KINDS)}")
@@ -256,11 +284,13 @@ def get_kind(name: str) -> DatasetKind:
 
 def kind_of_dataset_json(meta: Mapping) -> DatasetKind | None:
     """The kind recorded in a dataset.json (``brats_kind``), else GLI-POST when its labels have a resection
-    cavity, else None (not known: callers keep their GLI defaults)."""
+    cavity (PED-2024 a cystic component), else None (not known: callers keep their GLI defaults)."""
     recorded = meta.get("brats_kind")
     if recorded is not None:
         return get_kind(str(recorded))
     labels = meta.get("labels")
     if isinstance(labels, Mapping) and "resection_cavity" in labels:
         return KINDS["GLI-POST"]
+    if isinstance(labels, Mapping) and "cystic_component" in labels:
+        return KINDS["PED-2024"]
     return None

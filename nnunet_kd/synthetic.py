@@ -7,7 +7,9 @@ affine + elastic deformation, with a glioma-like tumour painted into the white m
 
 * a necrotic core (canonical label 2) inside an enhancing rim (label 3),
 * peritumoural edema (label 1) spreading preferentially along white matter, sparing CSF,
-* optionally (post-treatment layout ``2024-gli``) a fluid-filled resection cavity (label 4) next to the tumour.
+* optionally (post-treatment layout ``2024-gli``) a fluid-filled resection cavity (label 4) next to the tumour,
+* or (paediatric 2024 layout ``2024-ped``) a fluid-filled cystic component (label 4) taking part of the
+  necrotic core, whose rest stands for the non-enhancing tumour.
 
 Intensities follow one table of typical MRI contrasts (:data:`CONTRAST`), with partial volume at tissue
 borders, tissue texture, a smooth multiplicative bias field, Rician noise and a per-case global gain; outside
@@ -17,7 +19,7 @@ Public functions:
 
 * :func:`make_case` — one :class:`SyntheticCase` (canonical labels), deterministic in ``(seed, shape)``;
 * :func:`write_brats_folder` — a folder laid out like a BraTS release (the names and labels of 2021, 2023 GLI,
-  SSA, MEN, MET, PED or 2024 post-treatment GLI, :data:`RELEASE_LAYOUTS`);
+  SSA, MEN, MET, PED, 2024 post-treatment GLI or 2024 PED, :data:`RELEASE_LAYOUTS`);
 * :func:`case_seed`, :func:`case_id` — how :func:`write_brats_folder` numbers and seeds its cases.
 """
 
@@ -31,7 +33,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nnunet_kd.brats import EDEMA, ENHANCING, MODALITIES, NECROSIS, RESECTION_CAVITY, get_convention
+from nnunet_kd.brats import (
+    CYSTIC_COMPONENT,
+    EDEMA,
+    ENHANCING,
+    MODALITIES,
+    NECROSIS,
+    RESECTION_CAVITY,
+    get_convention,
+)
 from nnunet_kd.errors import NnunetKDError
 
 #: Template files inside ``nilearn/datasets/data/`` (MNI152 2009a symmetric, 1 mm, skull-stripped).
@@ -75,6 +85,7 @@ class ReleaseLayout:
     separator: str  # between case id and file suffix
     suffixes: dict[str, str]  # canonical modality -> file suffix
     resection_cavity: bool = False  # labelled cases get a resection cavity (label 4)
+    cystic_component: bool = False  # labelled cases get a cystic component (label 4, canonical dataset137-cc)
 
     def file_name(self, case: str, suffix: str) -> str:
         """``<case><separator><suffix>.nii.gz``, e.g. ``BraTS2021_00000_t1ce.nii.gz``."""
@@ -90,6 +101,7 @@ RELEASE_LAYOUTS: dict[str, ReleaseLayout] = {
     **{f"2023-{c.lower()}": ReleaseLayout(f"2023-{c.lower()}", f"BraTS-{c}-{{index:05d}}-000", "-", _SUFFIXES_2023)
        for c in ("SSA", "MEN", "MET", "PED")},
     "2024-gli": ReleaseLayout("2024-gli", "BraTS-GLI-{index:05d}-100", "-", _SUFFIXES_2023, resection_cavity=True),
+    "2024-ped": ReleaseLayout("2024-ped", "BraTS-PED-{index:05d}-000", "-", _SUFFIXES_2023, cystic_component=True),
 }
 
 
@@ -98,7 +110,7 @@ class SyntheticCase:
     """One synthetic multi-modal case on a grid of shape (X, Y, Z)."""
 
     images: dict[str, np.ndarray]  # keys exactly brats.MODALITIES, float32 (X, Y, Z), zero outside the brain
-    seg: np.ndarray | None  # uint8 canonical labels (0 bg, 1 edema, 2 necrosis, 3 enhancing, 4 cavity); None if unlabeled
+    seg: np.ndarray | None  # uint8 canonical labels (0 bg, 1 edema, 2 necrosis, 3 enhancing, 4 cavity or cyst); None if unlabeled
     affine: np.ndarray  # 4x4 RAS voxel-to-world affine (mm)
     brain_mask: np.ndarray  # bool (X, Y, Z)
     #: healthy-tissue fractions "csf", "gm", "wm" (float32, summing to 1 in the brain) before the tumour is painted
@@ -304,6 +316,20 @@ def _paint_cavity(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, 
     return out
 
 
+def _paint_cyst(rng: np.random.Generator, seg: np.ndarray) -> np.ndarray:
+    """``seg`` with part of the necrotic core (the voxels nearest a random one of them) relabelled as a cystic
+    component (label 4); at least one voxel of each stays, so both labels are present."""
+    necrosis = np.argwhere(seg == NECROSIS)
+    out = seg.copy()
+    if len(necrosis) < 2:
+        return out
+    centre = necrosis[rng.integers(len(necrosis))]
+    order = np.argsort(np.linalg.norm(necrosis - centre, axis=1), kind="stable")
+    n_cyst = int(np.clip(round(rng.uniform(0.3, 0.6) * len(necrosis)), 1, len(necrosis) - 1))
+    out[tuple(necrosis[order[:n_cyst]].T)] = CYSTIC_COMPONENT
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- images
 
 
@@ -342,7 +368,7 @@ def _render(rng: np.random.Generator, fractions: dict[str, np.ndarray], brain: n
 
 
 def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bool = True,
-              resection_cavity: bool = False) -> SyntheticCase:
+              resection_cavity: bool = False, cystic_component: bool = False) -> SyntheticCase:
     """One synthetic BraTS-like case, deterministic in ``(seed, shape)``.
 
     The four images (keys :data:`nnunet_kd.brats.MODALITIES`) and the canonical label map share the grid
@@ -350,8 +376,13 @@ def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bo
     divided by ``shape``, so that the brain fills the grid.
     ``labeled=False`` still paints a tumour but returns ``seg=None`` (an unlabelled case).
     ``resection_cavity=True`` adds a fluid-filled cavity (label 4, CSF contrast) next to the tumour; cases
-    without it are the same as before for the same seed.
+    without it are the same as before for the same seed. ``cystic_component=True`` (not with
+    ``resection_cavity``) relabels part of the necrotic core as a fluid-filled cyst, label 4 in the
+    ``dataset137-cc`` convention of BraTS 2024 paediatric data.
     """
+    if resection_cavity and cystic_component:
+        raise NnunetKDError("a synthetic case has a resection cavity or a cystic component (both are label 4), "
+                            "not both")
     shape = check_shape(shape)
     anat = _anatomy(shape)
     rng = np.random.default_rng(int(seed))
@@ -376,9 +407,11 @@ def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bo
 
     if resection_cavity:
         seg = _paint_cavity(rng, seg, brain, anat.spacing)
+    if cystic_component:
+        seg = _paint_cyst(rng, seg)
     soft = {name: ndimage.gaussian_filter((seg == label).astype(np.float32), 0.5) * brain
             for name, label in (("edema", EDEMA), ("necrosis", NECROSIS), ("enhancing", ENHANCING))}
-    cavity = ndimage.gaussian_filter((seg == RESECTION_CAVITY).astype(np.float32), 0.5) * brain
+    cavity = ndimage.gaussian_filter((seg == 4).astype(np.float32), 0.5) * brain  # cavity or cyst: fluid
     healthy = np.clip(1 - soft["edema"] - soft["necrosis"] - soft["enhancing"] - cavity, 0, 1)
     fractions = {"csf": csf * healthy + cavity, "gm": gm * healthy, "wm": wm * healthy, **soft}
     images = _render(rng, fractions, brain, shape)
@@ -437,7 +470,8 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
     with labels NETC 1, SNFH 2, ET 3; ``"2023-ssa"``, ``-men``, ``-met``, ``-ped`` the same with their prefix
     (``BraTS-MEN-XXXXX-000``); ``"2024-gli"``: ``BraTS-GLI-XXXXX-100`` with a resection cavity, labels NETC 1,
     SNFH 2, ET 3, RC 4 (``convert-brats`` recognises it as post-treatment when a folder name contains 2024, or
-    with ``--layout 2024-gli``). Unlabelled cases follow the labelled ids and have no seg file. Case
+    with ``--layout 2024-gli``); ``"2024-ped"``: ``BraTS-PED-XXXXX-000`` with a cystic component, labels ET 1,
+    NET 2, CC 3, ED 4 (``convert-brats`` needs a folder name with 2024, or ``--layout 2024-ped``). Unlabelled cases follow the labelled ids and have no seg file. Case
     ``i`` is ``make_case(case_seed(seed, i), shape)``. The folder is built next to ``out`` and renamed into
     place; an existing non-empty ``out`` is an error unless ``overwrite``. Returns the case ids written.
     """
@@ -468,7 +502,8 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
 
             iterator = tqdm(iterator, desc=f"synthetic BraTS {layout}", unit="case")
         for i in iterator:
-            case = make_case(case_seed(seed, i), shape, labeled=i < n_cases, resection_cavity=spec.resection_cavity)
+            case = make_case(case_seed(seed, i), shape, labeled=i < n_cases, resection_cavity=spec.resection_cavity,
+                             cystic_component=spec.cystic_component)
             _write_case(case, tmp / ids[i], ids[i], spec)
     return ids
 

@@ -21,9 +21,15 @@ DESCRIPTION = (
     "use the same values with other meanings (NETC 1, SNFH 2, ET 3): pass --gt-convention 2023 for them.\n"
     "Dataset kind (--kind): read from the brats_kind of a dataset.json in GT_DIR, its parent or PRED_DIR (as\n"
     "convert-brats and nnUNetv2_predict write them); it sets the default --task, the default conventions\n"
-    "and the regions: GLI-POST (BraTS 2024 post-treatment) scores WT, TC, ET, NETC, SNFH and RC (label 4).\n"
+    "and the regions: GLI-POST (BraTS 2024 post-treatment) scores WT, TC, ET, NETC, SNFH and RC (label 4),\n"
+    "PED-2024 (BraTS 2024 paediatric) WT, TC, ET, NETC, CC (label 4) and ED.\n"
     "See docs/evaluation.md for how these numbers relate to other BraTS evaluation tools."
 )
+
+
+#: Lesion-wise (dilation, volume threshold mm^3) of kinds that ``lesionwise.TASK_PARAMETERS`` does not list: PED-2024
+#: from BraTS-2024-Metrics ``metrics_PED.py`` (dilation 5, 10 mm^3).
+KIND_LESION_PARAMETERS: dict[str, tuple[int, float]] = {"PED-2024": (5, 10.0)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, choices=sorted(TASK_PARAMETERS),
                         help="BraTS challenge whose lesion-wise dilation and volume threshold to use (default: the "
                              "kind's; GLI: 3 iterations, 50 mm^3; MEN 1/50, MET 1/2, PED 3/50, SSA 3/50, "
-                             "GLI-POST 3/20)")
+                             "GLI-POST 3/20; PED-2024 datasets: 5/10)")
     parser.add_argument("--lesion-dilation", type=int, default=None,
                         help="lesion-wise GT dilation iterations, >= 0 (default: the --task's value)")
     parser.add_argument("--lesion-min-volume", type=float, default=None,
@@ -86,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.hd95_penalty is not None and not args.hd95_penalty >= 0:
         raise ConfigurationError(f"--hd95-penalty must be 0 or more (mm), got {args.hd95_penalty}")
     kind = resolve_kind(args)
-    dilation, min_volume = lesionwise.TASK_PARAMETERS[args.task or kind.task]
+    task = args.task or kind.task
+    dilation, min_volume = lesionwise.TASK_PARAMETERS.get(task) or KIND_LESION_PARAMETERS[task]
     default = args.convention or kind.canonical_convention
     settings = evaluate.EvaluationSettings(
         kind=kind.name,

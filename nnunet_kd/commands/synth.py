@@ -14,6 +14,8 @@ DESCRIPTION = (
     "  --layout 2023-ssa / 2023-men / 2023-met / 2023-ped: as 2023 with BraTS-SSA-/MEN-/MET-/PED- case ids\n"
     "  --layout 2024-gli: BraTS-GLI-00000-100 post-treatment cases with a resection cavity (NETC 1, SNFH 2,\n"
     "    ET 3, RC 4); convert-brats recognises them when a folder name contains 2024 (or --layout 2024-gli)\n"
+    "  --layout 2024-ped: BraTS-PED-00000-000 paediatric 2024 cases with a cystic component (ET 1, NET 2, CC 3,\n"
+    "    ED 4); convert-brats needs a folder name containing 2024 (or --layout 2024-ped)\n"
     "Anatomy is the MNI152 2009a template shipped with nilearn; each case adds a random deformation and a\n"
     "tumour (necrotic core, enhancing rim, edema along white matter). Deterministic for a given --seed.\n"
     "Example:  nnunet-kd synth /tmp/brats_synth --cases 8 --unlabeled 2 --shape 64"
@@ -21,7 +23,7 @@ DESCRIPTION = (
 
 
 #: ``nnunet_kd.synthetic.RELEASE_LAYOUTS`` (not imported here: building the parser stays light; a test checks they agree).
-LAYOUTS: tuple[str, ...] = ("2021", "2023", "2023-ssa", "2023-men", "2023-met", "2023-ped", "2024-gli")
+LAYOUTS: tuple[str, ...] = ("2021", "2023", "2023-ssa", "2023-men", "2023-met", "2023-ped", "2024-gli", "2024-ped")
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -7,9 +7,10 @@ Output ``$nnUNet_raw/DatasetXXX_NAME``:
 * ``imagesTr/CASE_0000..0003.nii.gz`` = T1, T1ce, T2, FLAIR of each case with a segmentation,
   ``imagesTs/`` the same for cases without one;
 * ``labelsTr/CASE.nii.gz``: uint8 labels background 0, edema 1, necrosis 2, enhancing 3;
-* ``labelsTr/CASE.nii.gz`` of post-treatment data (``2024-gli``) also hold the resection cavity 4;
+* ``labelsTr/CASE.nii.gz`` of post-treatment data (``2024-gli``) also hold the resection cavity 4, those of
+  BraTS 2024 paediatric data (``2024-ped``) the cystic component 4;
 * ``dataset.json`` from :func:`nnunet_kd.brats.make_dataset_json` (the regions of the release's dataset kind:
-  WT/TC/ET, plus RC for ``2024-gli``; ``brats_kind``), plus ``source_layout``, ``source_label_convention`` and
+  WT/TC/ET, plus RC for ``2024-gli``, CC for ``2024-ped``; ``brats_kind``), plus ``source_layout``, ``source_label_convention`` and
   ``numTest`` (nnU-Net ignores extra keys).
 
 Every case is read fully and checked: readable and complete files, 3D volumes of equal shape, spacing, origin
@@ -207,6 +208,8 @@ def _write_seg(case: BratsCase, seg_path: Path, reference: sitk.Image | ImageInf
         hint = ""
         if case.convention == "2023" and (array == RESECTION_CAVITY).any():
             hint = "; label 4 is the resection cavity of BraTS 2024 post-treatment data: pass --layout 2024-gli"
+        elif case.convention == "2023-ped" and (array == 4).any():
+            hint = "; label 4 is the edema of BraTS 2024 PED data (ET 1, NET 2, CC 3, ED 4): pass --layout 2024-ped"
         raise InputDataError(f"case {case.case_id}: segmentation file {seg_path}: {e}{hint}") from None
     if data is not None and convention.is_identity and array.dtype == np.uint8:
         dst.write_bytes(data)

@@ -6,7 +6,9 @@ Every NIfTI file (``.nii.gz`` or ``.nii``) in the prediction folder (as written 
 files such as ``plans.json`` are ignored) is written under the same name into the output folder with the
 release's label values (2018-2021: NCR 1, ED 2, ET 4; 2023: NETC 1, SNFH 2, ET 3; msd: edema 1,
 non-enhancing 2, enhancing 3), as uint8 with the prediction's geometry. The output folder is built next to its
-final place and renamed at the end; it must not exist yet or be empty.
+final place and renamed at the end; it must not exist yet or be empty. When the prediction folder has a
+dataset.json naming its dataset kind (``nnUNetv2_predict`` copies it), a convention of another canonical label
+table is refused: label 4 is the resection cavity of GLI-POST but the cystic component of PED-2024.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_kd.brats import get_convention
+from nnunet_kd.brats import get_convention, get_kind, kind_of_dataset_json
 from nnunet_kd.dataset_conversion._io import require_new_folder, run_jobs, write_image
 from nnunet_kd.errors import InputDataError, NnunetKDError
 from nnunet_kd.nifti import one_line, read_image
@@ -47,6 +49,15 @@ def export_brats(pred_dir: str | Path, out_dir: str | Path, convention: str, num
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     conv = get_convention(convention)
     files = prediction_files(pred_dir)
+    if (pred_dir / "dataset.json").is_file():
+        from nnunet_kd.safe_io import read_json_object
+
+        kind = kind_of_dataset_json(read_json_object(pred_dir / "dataset.json", "dataset.json"))
+        if kind is not None and kind.canonical_convention != get_kind(conv.kind).canonical_convention:
+            raise NnunetKDError(f"{pred_dir / 'dataset.json'} says these are {kind.name} predictions "
+                                f"({get_convention(kind.canonical_convention).description}); the {conv.name} "
+                                f"convention is for {conv.kind} data")
+
     if out_dir.resolve() == pred_dir.resolve():
         raise NnunetKDError(f"output folder {out_dir} must differ from the prediction folder")
     require_new_folder(out_dir, "output folder")

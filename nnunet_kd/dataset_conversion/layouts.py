@@ -28,6 +28,14 @@ Recognised layouts (file names are matched case-sensitively; ``.nii`` is accepte
     parent, the first folder name containing ``2024`` or ``2023`` decides (the official archive is
     ``BraTS2024-BraTS-GLI-TrainingData/training_data1_v2``); no year found means 2023. A GLI 2023 conversion
     meeting label 4 stops with a hint to pass ``--layout 2024-gli``.
+``2024-ped``
+    BraTS 2024 paediatric tumours: named exactly like PED 2023 (``BraTS-PED-XXXXX-XXX``), labels ET 1,
+    non-enhancing tumour NET 2, cystic component CC 3, edema ED 4 (the 2023 values mean other tissues). The
+    same folder-name rule tells it from PED 2023 (the official archives are
+    ``BraTS-PEDs2024_Training/BraTS2024-PED-Challenge-TrainingData`` and
+    ``ASNR-MICCAI-BraTS2023-PED-Challenge-TrainingData``), but with no year in any folder name a PED release is
+    refused (pass ``--layout 2023-ped`` or ``2024-ped``): read with the wrong year, labels 1-3 would silently
+    mean other tissues.
 ``msd``
     Medical Segmentation Decathlon Task01_BrainTumour: ``imagesTr/BRATS_XXX.nii.gz`` (one 4D file per case),
     ``labelsTr/BRATS_XXX.nii.gz`` (edema 1, non-enhancing 2, enhancing 3) and ``imagesTs/`` without labels.
@@ -57,7 +65,7 @@ from nnunet_kd.safe_io import read_json_object
 
 #: Layout names accepted by :func:`list_cases` (besides ``"auto"``), each also a key of ``brats.CONVENTIONS``.
 LAYOUTS: tuple[str, ...] = ("2018", "2019", "2020", "2021", "2023", "2023-ssa", "2023-men", "2023-met", "2023-ped",
-                             "2024-gli", "msd")
+                             "2024-gli", "2024-ped", "msd")
 
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -75,6 +83,8 @@ _FOLDER_LAYOUTS: dict[str, tuple[re.Pattern[str], str, dict[str, str]]] = {
        for c in ("SSA", "MEN", "MET", "PED")},
 }
 _GRADE_FOLDERS = ("HGG", "LGG")
+#: BraTS 2024 MEN-RT case folders (``BraTS-MEN-RT-0002-1/BraTS-MEN-RT-0002-1_{t1c,gtv}.nii.gz``): refused.
+_MEN_RT_CASE = re.compile(r"BraTS-MEN-RT-\d+-\d+")
 _MSD_CASE = re.compile(r"BRATS_\d+")
 #: MSD Task01 channel order of the 4D images when its dataset.json does not say otherwise.
 MSD_DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1", "T1ce", "T2")
@@ -143,28 +153,39 @@ def _kinds_in(folder: Path) -> set[str]:
     return kinds
 
 
+#: Layouts named like a 2023 one (case-folder kind -> (2023 layout, 2024 layout)); the folder-name year decides.
+_SAME_NAMING_2024 = {"2023": ("2023", "2024-gli"), "2023-ped": ("2023-ped", "2024-ped")}
+
+
 def _kind(layout: str) -> str:
-    if layout == "2024-gli":
-        return "2023"  # same naming as GLI 2023
+    for kind, (_, layout_2024) in _SAME_NAMING_2024.items():
+        if layout == layout_2024:
+            return kind  # same naming as the 2023 release
     return "legacy" if layout in ("2018", "2019") else layout
 
 
-def _gli_year(src: Path, releases: list[Path]) -> str:
-    """``2024-gli`` or ``2023`` for GLI-named releases, by the documented folder-name rule."""
-    years: set[str] = set()
+def _release_year(src: Path, releases: list[Path], kind: str) -> str:
+    """The 2023 or 2024 layout of GLI- or PED-named releases, by the documented folder-name rule."""
+    layout_2023, layout_2024 = _SAME_NAMING_2024[kind]
+    years: set[str | None] = set()
     stop = src.resolve().parent
     for release in releases:
-        year = "2023"
+        year = None
         release = release.resolve()
         for folder in [release, *release.parents]:
             if "2024" in folder.name or "2023" in folder.name:
-                year = "2024-gli" if "2024" in folder.name else "2023"
+                year = layout_2024 if "2024" in folder.name else layout_2023
                 break
             if folder == stop:
                 break
         years.add(year)
+    if None in years and kind == "2023-ped":
+        raise NnunetKDError(f"{src}: cannot tell BraTS 2023 PED (labels NETC 1, SNFH 2, ET 3) from BraTS 2024 PED "
+                            f"(ET 1, NET 2, CC 3, ED 4): no folder name from the release up to {src.name} has a "
+                            f"year; pass --layout 2023-ped or --layout 2024-ped")
+    years = {layout_2023 if y is None else y for y in years}  # GLI: no year means 2023 (label 4 is refused)
     if len(years) > 1:
-        raise NnunetKDError(f"{src} holds both GLI 2023 and GLI 2024 post-treatment releases (by their folder "
+        raise NnunetKDError(f"{src} holds both {layout_2023} and {layout_2024} releases (by their folder "
                             f"names); convert them separately or pass --layout")
     return years.pop()
 
@@ -196,6 +217,11 @@ def _releases(src: Path, layout: str) -> tuple[str, list[Path]]:
         if kind is not None:
             found[sub] = kind
     if not found:
+        for folder in [src, *_subdirs(src)]:
+            if any(_MEN_RT_CASE.fullmatch(p.name) for p in _subdirs(folder)):
+                raise NnunetKDError(f"{folder} holds BraTS 2024 MEN-RT cases (radiotherapy meningioma: one T1c image "
+                                    f"and one GTV label per case), which nnunet-kd does not support: it needs T1, "
+                                    f"T1ce, T2 and FLAIR")
         what = f"BraTS {layout} cases" if wanted else "BraTS release"
         raise NnunetKDError(
             f"no {what} found in {src} (nor in its sub-folders); expected case folders such as "
@@ -320,8 +346,8 @@ def detect_layout(src: str | Path) -> str:
     """
     src = Path(src)
     kind, releases = _releases(src, "auto")
-    if kind == "2023":
-        return _gli_year(src, releases)
+    if kind in _SAME_NAMING_2024:
+        return _release_year(src, releases, kind)
     return _legacy_year(releases) if kind == "legacy" else kind
 
 
@@ -339,8 +365,8 @@ def list_cases(src: str | Path, layout: str = "auto") -> list[BratsCase]:
     kind, releases = _releases(src, layout)
     if kind == "legacy":
         convention = layout if layout in ("2018", "2019") else _legacy_year(releases)
-    elif kind == "2023":
-        convention = layout if layout in ("2023", "2024-gli") else _gli_year(src, releases)
+    elif kind in _SAME_NAMING_2024:
+        convention = layout if layout in _SAME_NAMING_2024[kind] else _release_year(src, releases, kind)
     else:
         convention = kind
     cases: list[BratsCase] = []

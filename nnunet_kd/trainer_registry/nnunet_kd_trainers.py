@@ -80,6 +80,7 @@ TRAINERS: dict[str, tuple[str, ...]] = {
         "nnUNetTrainerBarlowKD_demo",
         "nnUNetTrainerBarlowKD_smoke",
         "nnUNetTrainerBarlowKD_T1Flair_smoke",
+        "nnUNetTrainerBarlowKD_tinysmoke",
         "nnUNetTrainerStudentOnly_demo",
         "nnUNetTrainerStudentOnly_smoke",
     ),

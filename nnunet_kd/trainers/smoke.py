@@ -1,7 +1,7 @@
 """Short training schedules for tests and the CPU demo.
 
-:class:`SmokeSchedule` and :class:`DemoSchedule` are mixins: put one first in the bases of any trainer to get a
-short run whose final validation predicts without test-time mirroring. ``nnUNetTrainer_smoke`` is stock nnU-Net
+:class:`SmokeSchedule`, :class:`TinySmokeSchedule` and :class:`DemoSchedule` are mixins: put one first in the bases of
+any trainer to get a short run whose final validation (if any) predicts without test-time mirroring. ``nnUNetTrainer_smoke`` is stock nnU-Net
 with the smoke schedule; it proves the ``nnUNet_extTrainer`` wiring and serves as a fast baseline.
 """
 
@@ -30,6 +30,22 @@ class SmokeSchedule:
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # type: ignore[misc]
         self.inference_allowed_mirroring_axes = None
         return result
+
+
+class TinySmokeSchedule(SmokeSchedule):
+    """1 epoch x 1 iteration, 1 validation iteration, and no final validation.
+
+    For end-to-end tests that run one tiny training per dataset and then predict with ``nnUNetv2_predict``
+    themselves (tests/test_brats_kinds.py): the final validation would predict the same cases again through
+    the same predictor, and each prediction run costs seconds of process start-up (spawned workers that import
+    torch and nnU-Net). Checkpoints, plans and dataset.json are written as in any run.
+    """
+
+    smoke_epochs = 1
+    smoke_iterations = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (TinySmokeSchedule: predict with nnUNetv2_predict)")
 
 
 #: The sized epoch count of a demo run, in its fold folder, so that ``--c`` resumes the same schedule.
