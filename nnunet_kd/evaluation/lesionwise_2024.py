@@ -85,9 +85,10 @@ _MARGIN = max(DILATION.values()) + 1
 
 def _renumber(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Labels made consecutive 1..n in the order of their current values."""
-    present = np.unique(labels)
+    counts = np.bincount(labels.ravel(), minlength=1)
+    present = np.flatnonzero(counts)
     present = present[present != 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
+    lut = np.zeros(counts.size, dtype=np.int32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
     return lut[labels], int(present.size)
 
@@ -100,8 +101,13 @@ def region_lesions(mask: np.ndarray, dilation: int, min_voxels: int | None = Non
     in the order it first meets them in memory, and it labels the dilated mask that scipy returns C-ordered,
     so on the reference's NIfTI array (i, j, k) the last axis k runs fastest. ``mask`` is in SimpleITK order
     (k, j, i), so its transpose is labelled in C order."""
-    labels, n = combine_by_dilation(np.asarray(mask, dtype=bool).T, dilation)
-    labels = labels.T
+    mask = np.asarray(mask, dtype=bool)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    box = bounding_box(mask, margin=dilation)  # the dilation never leaves it: same labels, less work
+    if box is None:
+        return labels, 0
+    boxed, n = combine_by_dilation(mask[box].T, dilation)
+    labels[box] = boxed.T
     if min_voxels is None or n == 0:
         return labels, n
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -132,7 +138,7 @@ def merge_touching(labels: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, i
             groups[a] = int(touched.min())
             pairs += int(touched.size)
     if pairs <= 1:
-        return _renumber(labels)
+        return labels, n  # labels are consecutive already (region_lesions, or a previous merge)
     lut = np.arange(n + 1, dtype=np.int64)
     new_label: dict[int, int] = {}
     for a in sorted(groups):
