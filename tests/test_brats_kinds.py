@@ -151,7 +151,9 @@ def test_cavity_round_trips_through_export_brats_and_evaluate(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["dataset_kind"] == "GLI-POST" and summary["regions"] == ["WT", "TC", "ET", "NETC", "SNFH", "RC"]
-    assert summary["lesion_wise"]["volume_threshold_mm3"] == 20.0 and summary["lesion_wise"]["dilation_iterations"] == 3
+    lw = summary["lesion_wise"]  # GLI-POST: the BraTS 2024 post-treatment procedure, per-region parameters
+    assert lw["procedure"] == "brats2024-gli-post" and lw["volume_threshold_mm3"]["ET"] == 10.0
+    assert lw["dilation_iterations"] == {"WT": 3, "TC": 3, "ET": 3, "NETC": 5, "SNFH": 3, "RC": 5}
     with open(tmp_path / "eval" / "per_case.csv") as f:
         header, *rows = [line.rstrip("\n").split(",") for line in f]
     row = dict(zip(header, rows[1]))

@@ -21,20 +21,18 @@ DESCRIPTION = (
     "use the same values with other meanings (NETC 1, SNFH 2, ET 3): pass --gt-convention 2023 for them.\n"
     "Dataset kind (--kind): read from the brats_kind of a dataset.json in GT_DIR, its parent or PRED_DIR (as\n"
     "convert-brats and nnUNetv2_predict write them); it sets the default --task, the default conventions\n"
-    "and the regions: GLI-POST (BraTS 2024 post-treatment) scores WT, TC, ET, NETC, SNFH and RC (label 4),\n"
-    "PED-2024 (BraTS 2024 paediatric) WT, TC, ET, NETC, CC (label 4) and ED.\n"
+    "and the regions: GLI-POST (BraTS 2024 post-treatment) scores WT, TC, ET, NETC, SNFH and RC (label 4)\n"
+    "with the BraTS 2024 reference's lesion-wise procedure (BraTS-2024-Metrics metrics_GLI.py: lesions of\n"
+    "touching tissues merged, per-region dilation and thresholds, 337 mm penalty; summary.json names it);\n"
+    "PED-2024 (BraTS 2024 paediatric) scores WT, TC, ET, NETC, CC (label 4) and ED.\n"
     "See docs/evaluation.md for how these numbers relate to other BraTS evaluation tools."
 )
-
-
-#: Lesion-wise (dilation, volume threshold mm^3) of kinds that ``lesionwise.TASK_PARAMETERS`` does not list: PED-2024
-#: from BraTS-2024-Metrics ``metrics_PED.py`` (dilation 5, 10 mm^3).
-KIND_LESION_PARAMETERS: dict[str, tuple[int, float]] = {"PED-2024": (5, 10.0)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_kd.brats import CONVENTIONS, KINDS
     from nnunet_kd.evaluation.lesionwise import TASK_PARAMETERS
+    from nnunet_kd.evaluation.lesionwise_2024 import TASK as POST_TASK
 
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted label maps CASE.nii.gz")
     parser.add_argument("gt_dir", type=Path, metavar="GT_DIR",
@@ -57,15 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default=None, type=str.upper, choices=sorted(KINDS),
                         help="dataset kind: its regions, default conventions and --task (default: the brats_kind "
                              "of a dataset.json in GT_DIR, its parent or PRED_DIR; else GLI)")
-    parser.add_argument("--task", default=None, choices=sorted(TASK_PARAMETERS),
-                        help="BraTS challenge whose lesion-wise dilation and volume threshold to use (default: the "
-                             "kind's; GLI: 3 iterations, 50 mm^3; MEN 1/50, MET 1/2, PED 3/50, SSA 3/50, "
-                             "GLI-POST 3/20; PED-2024 datasets: 5/10)")
+    parser.add_argument("--task", default=None, choices=sorted([*TASK_PARAMETERS, POST_TASK]),
+                        help="BraTS challenge whose lesion-wise procedure to use (default: the kind's). BraTS 2023 "
+                             "procedure with dilation iterations / volume threshold GLI 3/50 mm^3, MEN 1/50, "
+                             "MET 1/2, PED 3/50, SSA 3/50, PED-2024 5/10; GLI-POST: the BraTS 2024 post-treatment "
+                             "procedure (cross-tissue lesion merging, per-region parameters; docs/evaluation.md)")
     parser.add_argument("--lesion-dilation", type=int, default=None,
-                        help="lesion-wise GT dilation iterations, >= 0 (default: the --task's value)")
+                        help="lesion-wise GT dilation iterations, >= 0 (default: the --task's value; BraTS 2023 "
+                             "procedure only)")
     parser.add_argument("--lesion-min-volume", type=float, default=None,
                         help="lesion-wise: GT lesions of at most this volume (mm^3, >= 0) are ignored "
-                             "(default: the --task's value)")
+                             "(default: the --task's value; BraTS 2023 procedure only)")
     parser.add_argument("--hd95-penalty", type=float, default=None,
                         help="HD95 (mm) when exactly one of prediction and reference is empty (default 374, as the "
                              "BraTS 2023 reference; 373.13 was the BraTS 2018-2021 value)")
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_kd.errors import ConfigurationError
-    from nnunet_kd.evaluation import evaluate, lesionwise
+    from nnunet_kd.evaluation import evaluate, lesionwise, lesionwise_2024
 
     if args.num_processes < 1:
         raise ConfigurationError(f"--num-processes must be at least 1, got {args.num_processes}")
@@ -93,10 +93,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--hd95-penalty must be 0 or more (mm), got {args.hd95_penalty}")
     kind = resolve_kind(args)
     task = args.task or kind.task
-    dilation, min_volume = lesionwise.TASK_PARAMETERS.get(task) or KIND_LESION_PARAMETERS[task]
+    if task == lesionwise_2024.TASK:
+        if args.lesion_dilation is not None or args.lesion_min_volume is not None:
+            raise ConfigurationError(
+                f"--lesion-dilation and --lesion-min-volume set the BraTS 2023 procedure; task {task} uses the "
+                f"BraTS 2024 post-treatment procedure with its own values per region (pass e.g. --task GLI to "
+                f"score with the 2023 procedure and your values)")
+        procedure = lesionwise_2024.PROCEDURE
+        dilation, min_volume = lesionwise.GLI_DILATION_ITERATIONS, lesionwise.GLI_VOLUME_THRESHOLD_MM3  # unused
+    else:
+        procedure = evaluate.LESION_PROCEDURE_2023
+        dilation, min_volume = lesionwise.TASK_PARAMETERS[task]
     default = args.convention or kind.canonical_convention
     settings = evaluate.EvaluationSettings(
-        kind=kind.name,
+        kind=kind.name, lesion_procedure=procedure,
         pred_convention=args.pred_convention or default,
         gt_convention=args.gt_convention or default,
         hd95_penalty=evaluate.EvaluationSettings.hd95_penalty if args.hd95_penalty is None else args.hd95_penalty,

@@ -12,7 +12,9 @@ the image header. Labels are mapped to the canonical labels with :func:`nnunet_k
 folder with its own convention (raw BraTS 2023 labels and nnU-Net predictions both use the values 0-3 with
 different meanings, so one shared convention would silently swap edema and necrosis for one side), then the
 evaluation regions of the dataset kind (:class:`nnunet_kd.brats.DatasetKind`; WT, TC, ET by default, plus NETC,
-SNFH and RC for post-treatment data, ``EvaluationSettings.kind``) are scored with :mod:`.metrics` and :mod:`.lesionwise`. Any bad file
+SNFH and RC for post-treatment data, ``EvaluationSettings.kind``) are scored with :mod:`.metrics` and the
+lesion-wise procedure of the kind (:mod:`.lesionwise`, BraTS 2023; :mod:`.lesionwise_2024` for GLI-POST, the
+BraTS 2024 post-treatment reference's; ``EvaluationSettings.lesion_procedure``). Any bad file
 (unreadable, truncated, wrong geometry, label values outside its convention or not integers) stops the run with
 one line naming the case and the file, before anything is written.
 
@@ -25,7 +27,8 @@ non-empty folder is refused unless ``overwrite``, and then replaced as a whole):
 * ``summary.csv`` — ``region, metric, mean, median, std, q25, q75, n`` (std is the population std, ddof=0);
 * ``summary.json`` — the same statistics under ``metrics[region][metric]`` plus the settings and folders used,
   the dataset kind (``dataset_kind``) and its scored ``regions``, which ``evaluate-subsets``, ``--group-by-routing``
-  and ``report`` take their columns from;
+  and ``report`` take their columns from; ``lesion_wise.procedure`` names the lesion-wise procedure
+  (``brats2023`` or ``brats2024-gli-post``);
 * with ``evaluate --group-by-routing`` (:mod:`nnunet_kd.subsets.routing`) also ``summary_by_group.csv`` and, in
   ``summary.json``, ``availability_groups`` (each case's group), written in the same atomic step.
 """
@@ -50,7 +53,7 @@ import numpy as np
 
 from nnunet_kd import brats
 from nnunet_kd.errors import ConfigurationError, InputDataError, NnunetKDError
-from nnunet_kd.evaluation import lesionwise, metrics
+from nnunet_kd.evaluation import lesionwise, lesionwise_2024, metrics
 
 #: Region abbreviations in the order of :data:`nnunet_kd.brats.REGIONS` (WT, TC, ET): the regions of the GLI kind,
 #: the default where no dataset kind is known. Other kinds' regions: ``brats.get_kind(name).eval_regions``.
@@ -66,6 +69,9 @@ PER_CASE_CSV = "per_case.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "q25", "q75", "n")
+#: Lesion-wise procedures: the BraTS 2023 one (every kind but GLI-POST) and the BraTS 2024 post-treatment one.
+LESION_PROCEDURE_2023 = "brats2023"
+LESION_PROCEDURES: tuple[str, ...] = (LESION_PROCEDURE_2023, lesionwise_2024.PROCEDURE)
 HD95_DEFINITION = ("BraTS 2023 reference HD95 (BraTS-2023-Metrics via DeepMind surface_distance): max of the two "
                    "directed area-weighted 95th percentiles of distances between surface elements on the voxel-corner "
                    "grid, in mm")
@@ -135,13 +141,29 @@ class EvaluationSettings:
     hd95_penalty: float = metrics.HD95_PENALTY_MM
     lesion_dilation_iterations: int = lesionwise.GLI_DILATION_ITERATIONS
     lesion_volume_threshold_mm3: float = lesionwise.GLI_VOLUME_THRESHOLD_MM3
-    lesion_hd95_penalty: float = lesionwise.LESION_HD95_PENALTY_MM
+    #: lesion-wise HD95 of misses and false positives; ``None``: the procedure's (374 mm 2023, 337 mm 2024)
+    lesion_hd95_penalty: float | None = None
     kind: str = "GLI"  #: dataset kind (``brats.KINDS``) whose evaluation regions are scored
+    #: :data:`LESION_PROCEDURES` entry; ``None``: the kind's (BraTS 2024 for GLI-POST, else BraTS 2023). The 2024
+    #: procedure has its own per-region dilation and thresholds: the two ``lesion_*`` parameters above only
+    #: apply to the 2023 one.
+    lesion_procedure: str | None = None
 
     def __post_init__(self) -> None:
         if str(self.kind).upper() not in brats.KINDS:
             raise ConfigurationError(f"unknown BraTS dataset kind '{self.kind}'; expected one of "
                                      f"{', '.join(brats.KINDS)}")
+        procedure = self.lesion_procedure
+        if procedure is None:
+            procedure = (lesionwise_2024.PROCEDURE if brats.get_kind(self.kind).task == lesionwise_2024.TASK
+                         else LESION_PROCEDURE_2023)
+            object.__setattr__(self, "lesion_procedure", procedure)
+        if procedure not in LESION_PROCEDURES:
+            raise ConfigurationError(f"unknown lesion-wise procedure '{procedure}'; expected one of "
+                                     f"{', '.join(LESION_PROCEDURES)}")
+        if self.lesion_hd95_penalty is None:
+            object.__setattr__(self, "lesion_hd95_penalty", lesionwise_2024.HD95_PENALTY_MM
+                               if procedure == lesionwise_2024.PROCEDURE else lesionwise.LESION_HD95_PENALTY_MM)
         for what, name in (("prediction", self.pred_convention), ("reference", self.gt_convention)):
             if str(name).lower() not in brats.CONVENTIONS:
                 raise ConfigurationError(f"unknown {what} label convention '{name}'; expected one of "
@@ -281,9 +303,13 @@ def evaluate_case(pair: CasePair, settings: EvaluationSettings | None = None) ->
     row: dict = {"case": pair.case, "pred_file": str(pair.pred_file) if pair.pred_file else "",
                  "gt_file": str(pair.gt_file), "missing_prediction": int(pair.pred_file is None)}
     region_scores = metrics.region_metrics(pred, gt, spacing, regions=regions, hd95_penalty=settings.hd95_penalty)
-    lesion_scores = lesionwise.lesion_wise_region_scores(
-        pred, gt, spacing, regions=regions, dilation_iterations=settings.lesion_dilation_iterations,
-        volume_threshold_mm3=settings.lesion_volume_threshold_mm3, hd95_penalty=settings.lesion_hd95_penalty)
+    if settings.lesion_procedure == lesionwise_2024.PROCEDURE:
+        lesion_scores = lesionwise_2024.lesion_wise_region_scores_2024(
+            pred, gt, spacing, regions=list(regions), hd95_penalty=settings.lesion_hd95_penalty)
+    else:
+        lesion_scores = lesionwise.lesion_wise_region_scores(
+            pred, gt, spacing, regions=regions, dilation_iterations=settings.lesion_dilation_iterations,
+            volume_threshold_mm3=settings.lesion_volume_threshold_mm3, hd95_penalty=settings.lesion_hd95_penalty)
     for region in regions:
         values = dict(region_scores[region])
         values.update(lesion_scores[region].as_dict())
@@ -380,15 +406,23 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         "units": {"hd95": "mm", "lesion_hd95": "mm", "vol_pred_mm3": "mm^3", "vol_gt_mm3": "mm^3"},
         "hd95_definition": HD95_DEFINITION,
         "hd95_empty_penalty_mm": settings.hd95_penalty,
-        "lesion_wise": {"connectivity": 26, "dilation_iterations": settings.lesion_dilation_iterations,
-                        "dilation_structure": "18-connected", "volume_threshold_mm3":
-                            settings.lesion_volume_threshold_mm3, "hd95_penalty_mm": settings.lesion_hd95_penalty},
+        "lesion_wise": lesion_wise_parameters(settings),
         "per_case_csv": PER_CASE_CSV,
         "metrics": summarize(rows, tuple(kind.eval_regions)),
     }
     if out_dir is not None:
         write_evaluation(rows, summary, out_dir, overwrite=overwrite)
     return rows, summary
+
+
+def lesion_wise_parameters(settings: EvaluationSettings) -> dict:
+    """The ``lesion_wise`` entry of ``summary.json``: which procedure scored the lesions, and its parameters."""
+    if settings.lesion_procedure == lesionwise_2024.PROCEDURE:
+        return {**lesionwise_2024.parameters(), "hd95_penalty_mm": settings.lesion_hd95_penalty}
+    return {"procedure": LESION_PROCEDURE_2023, "source": "github.com/rachitsaluja/BraTS-2023-Metrics metrics.py",
+            "connectivity": 26, "dilation_iterations": settings.lesion_dilation_iterations,
+            "dilation_structure": "18-connected", "volume_threshold_mm3": settings.lesion_volume_threshold_mm3,
+            "hd95_penalty_mm": settings.lesion_hd95_penalty}
 
 
 # --------------------------------------------------------------------------------------------- output files
@@ -520,6 +554,9 @@ def load_evaluation(out_dir: str | os.PathLike) -> tuple[list[dict], dict]:
     return rows, summary
 
 
+_LW_NAMES = {LESION_PROCEDURE_2023: "BraTS 2023", lesionwise_2024.PROCEDURE: "BraTS 2024 post-treatment"}
+
+
 def format_summary_table(summary: dict, metric_names: Sequence[str] = (
         "dice", "hd95", "lesion_dice", "lesion_hd95", "sensitivity", "specificity")) -> str:
     """A plain-text table of mean ± std (and median) per region for a summary from :func:`evaluate_folders`."""
@@ -539,5 +576,6 @@ def format_summary_table(summary: dict, metric_names: Sequence[str] = (
     table = [header, ["-" * w for w in widths]] + lines
     out = ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in table]
     out.append(f"{summary['num_cases']} case(s); HD95 in mm (empty-vs-non-empty penalty "
-               f"{summary['hd95_empty_penalty_mm']} mm); LW = BraTS 2023 lesion-wise")
+               f"{summary['hd95_empty_penalty_mm']} mm); LW = "
+               f"{_LW_NAMES.get(summary.get('lesion_wise', {}).get('procedure'), 'BraTS 2023')} lesion-wise")
     return "\n".join(out)

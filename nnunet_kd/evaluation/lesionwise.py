@@ -1,7 +1,9 @@
 """BraTS 2023 lesion-wise Dice and HD95.
 
 Public: :func:`lesion_wise_scores` (one binary region), :func:`lesion_wise_region_scores` (WT/TC/ET of two
-canonical label maps), :class:`LesionWiseResult`, :func:`label_lesions`, constants of the BraTS-GLI setting.
+canonical label maps), :func:`score_labelled_lesions` (steps 3-6 on lesions found elsewhere, shared with the
+BraTS 2024 procedure of :mod:`.lesionwise_2024`), :class:`LesionWiseResult`, :func:`label_lesions`,
+:func:`combine_by_dilation`, constants of the BraTS-GLI setting.
 
 The algorithm is the one of the BraTS 2023 lesion-wise evaluation (Saluja et al., "BraTS 2023 lesion-wise
 performance metrics", github.com/rachitsaluja/BraTS-2023-Metrics), for one region at a time:
@@ -49,10 +51,13 @@ GLI_VOLUME_THRESHOLD_MM3 = 50.0
 #: HD95 (mm) given to false-positive and missed lesions in the BraTS 2023 lesion-wise evaluation.
 LESION_HD95_PENALTY_MM = 374.0
 #: Lesion-wise parameters of the BraTS 2023 reference per challenge: (dilation iterations, volume threshold mm³).
-#: ``GLI-POST`` (BraTS 2024 post-treatment glioma) uses the 2024 reference's dilation 3 and 20 mm³; that reference
-#: also uses 10 mm³ for ET and RC and merges lesions across tissues, which is not reproduced (docs/datasets.md).
+#: ``GLI-POST`` (BraTS 2024 post-treatment glioma) is not here: its reference uses another procedure with
+#: parameters per region (:mod:`nnunet_kd.evaluation.lesionwise_2024`).
 TASK_PARAMETERS: dict[str, tuple[int, float]] = {
-    "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0), "GLI-POST": (3, 20.0),
+    "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0),
+    # BraTS-2024-Metrics metrics_PED.py (dilation 5, 10 mm^3), scored with this 2023 procedure; its removal of
+    # predicted components of at most 10 voxels is not reproduced (docs/evaluation.md)
+    "PED-2024": (5, 10.0),
 }
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -84,7 +89,8 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(count)
 
 
-def _grow(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+def grow_box(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``margin`` voxels on every side, clipped to ``shape``."""
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape))
 
 
@@ -92,7 +98,8 @@ def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
-def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``iterations`` binary dilations with the 18-connected element (outside the array counts as background)."""
     if iterations <= 0:
         return mask
     return ndimage.binary_dilation(mask, structure=_DILATION_18, iterations=iterations)
@@ -102,7 +109,7 @@ def combine_by_dilation(gt: np.ndarray, iterations: int) -> tuple[np.ndarray, in
     """GT lesions merged when their dilations touch: labels of the dilated mask's 26-components, restricted to
     the GT voxels. Returns ``(labels, count)`` with consecutive labels 1..count."""
     gt = np.asarray(gt, dtype=bool)
-    dilated_labels, _ = label_lesions(_dilate(gt, iterations))
+    dilated_labels, _ = label_lesions(dilate_18(gt, iterations))
     merged = np.where(gt, dilated_labels, 0)
     present = np.unique(merged)
     present = present[present != 0]
@@ -121,7 +128,6 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
     if pred.shape != gt.shape or pred.ndim != 3:
         raise ValueError(f"lesion_wise_scores expects two 3D masks of one shape, got {pred.shape} and {gt.shape}")
     sp = tuple(float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)
-    voxel_mm3 = float(np.prod(sp))
     if int(dilation_iterations) != dilation_iterations or dilation_iterations < 0:
         raise ValueError(f"dilation_iterations must be a non-negative integer, got {dilation_iterations}")
     if not volume_threshold_mm3 >= 0:
@@ -135,6 +141,18 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
 
     gt_cc, n_gt = combine_by_dilation(gt, k)
     pred_cc, n_pred = label_lesions(pred)
+    return score_labelled_lesions(pred_cc, n_pred, gt_cc, n_gt, sp, k, volume_threshold_mm3, hd95_penalty)
+
+
+def score_labelled_lesions(pred_cc: np.ndarray, n_pred: int, gt_cc: np.ndarray, n_gt: int,
+                           spacing: Sequence[float], dilation_iterations: int, volume_threshold_mm3: float,
+                           hd95_penalty: float) -> LesionWiseResult:
+    """Steps 3-6 of the module docstring on lesions already found: ``gt_cc`` and ``pred_cc`` hold the GT and
+    predicted lesions as labels 1..n_gt and 1..n_pred. Shared by the BraTS 2023 procedure and the BraTS 2024
+    one (:mod:`.lesionwise_2024`), which find their lesions differently but match and score them alike."""
+    sp = tuple(float(v) for v in spacing)
+    voxel_mm3 = float(np.prod(sp))
+    k = int(dilation_iterations)
     pred_sizes = np.bincount(pred_cc.ravel(), minlength=n_pred + 1)
     pred_boxes = ndimage.find_objects(pred_cc)
     gt_boxes = ndimage.find_objects(gt_cc)
@@ -143,9 +161,9 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
     lesions: list[dict] = []
     for j in range(1, n_gt + 1):
         lesion_box = gt_boxes[j - 1]
-        roi = _grow(lesion_box, k, gt_cc.shape)
+        roi = grow_box(lesion_box, k, gt_cc.shape)
         lesion = gt_cc[roi] == j
-        touched = pred_cc[roi][_dilate(lesion, k)]
+        touched = pred_cc[roi][dilate_18(lesion, k)]
         matched = [int(c) for c in np.unique(touched) if c != 0]
         matched_any.update(matched)
         n_lesion = int(np.count_nonzero(lesion))
