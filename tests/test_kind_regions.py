@@ -160,7 +160,9 @@ def test_evaluate_subsets_scores_the_cavity_of_a_post_treatment_dataset(post, tm
     assert "RC Dice (%)" in md and "NETC HD95 (mm)" in md
     summary = json.loads((out / "subsets" / "T1ce" / "evaluation" / "summary.json").read_text())
     assert summary["dataset_kind"] == "GLI-POST" and summary["pred_convention"] == "dataset137-rc"
-    assert summary["lesion_wise"]["volume_threshold_mm3"] == 20.0  # the GLI-POST task's parameters
+    # the kind's lesion-wise procedure (BraTS 2024 post-treatment: 10 mm^3 for ET, 20 for the other regions)
+    assert summary["lesion_wise"]["procedure"] == "brats2024-gli-post"
+    assert summary["lesion_wise"]["volume_threshold_mm3"] == {**dict.fromkeys(REFERENCE_REGIONS, 20.0), "ET": 10.0}
     # the heat map has one column per region: wider than the three-region map (9.5 inch at 110 dpi)
     assert png_width(out / "subset_heatmap.png") > 1.5 * 9.5 * 110
 

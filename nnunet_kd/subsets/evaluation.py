@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
@@ -244,10 +244,12 @@ def evaluation_settings(model_folder: str | os.PathLike, gt_dir: str | os.PathLi
     gt_dir, model_folder = Path(gt_dir), Path(model_folder)
     spec = resolve_kind(kind, (gt_dir / "dataset.json", gt_dir.parent / "dataset.json",
                                model_folder / "dataset.json"), (convention,))
-    dilation, min_volume = TASK_PARAMETERS[spec.task]
     convention = convention or spec.canonical_convention
-    return EvaluationSettings(pred_convention=convention, gt_convention=convention, kind=spec.name,
-                              lesion_dilation_iterations=dilation, lesion_volume_threshold_mm3=min_volume)
+    settings = EvaluationSettings(pred_convention=convention, gt_convention=convention, kind=spec.name)
+    if spec.task not in TASK_PARAMETERS:  # a procedure with its own values per region (BraTS 2024 post-treatment)
+        return settings
+    dilation, min_volume = TASK_PARAMETERS[spec.task]
+    return replace(settings, lesion_dilation_iterations=dilation, lesion_volume_threshold_mm3=min_volume)
 
 
 def evaluate_subsets(model_folder: str | os.PathLike, images_dir: str | os.PathLike, gt_dir: str | os.PathLike,
