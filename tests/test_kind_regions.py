@@ -242,7 +242,9 @@ def test_report_shows_every_region_of_the_kind(post, report):
     header = (report / "comparison.md").read_text().splitlines()[0]
     dice_columns = [c.strip() for c in header.strip("|").split("|") if c.strip().endswith(" Dice")]
     assert dice_columns == ["ET Dice", "TC Dice", "WT Dice", "NETC Dice", "SNFH Dice", "RC Dice"]
-    assert "RC LW Dice" in (report / "report.md").read_text()
+    report_md = (report / "report.md").read_text()
+    assert "RC LW Dice" in report_md
+    assert "BraTS 2024 post-treatment" in report_md.split("## Lesion-wise", 1)[1].split("\n\n")[1]
     # one violin panel per region: six panels of 4.2 inch at 110 dpi
     assert png_width(report / "dice_distribution.png") >= 6 * 4.2 * 110 - 2
     # the overlay draws the resection cavity in its colour (legend and contours of three cases)

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(tmp: Path, runs, images: Path | None, training_logs: list[tuple[str, Path]]) -> list[str]:
+    from nnunet_kd.evaluation.evaluate import lesion_procedure_name
     from nnunet_kd.reporting import plots, table
     from nnunet_kd.subsets.routing import GROUP_SUMMARY_CSV, GROUPS_KEY
 
@@ -77,7 +78,8 @@ def _build(tmp: Path, runs, images: Path | None, training_logs: list[tuple[str, 
         figures.append(plots.training_progress_plot(fold, tmp / f"training_{_safe(name)}.png",
                                                     title=f"training progress: {name}"))
     lines = ["# Model comparison", "", "Mean ± std over cases (HD95 in mm; best mean in bold).", "", md,
-             "## BraTS 2023 lesion-wise", "", lw_md]
+             "## Lesion-wise", "", "Procedure: " + "; ".join(
+                 f"{r.name}: {lesion_procedure_name(r.summary)}" for r in runs) + ".", "", lw_md]
     if group_lines:
         lines += ["## Per availability group", "", "Mean ± std over the cases of each group (`evaluate "
                   "--group-by-routing`).", "", *group_lines]

@@ -557,6 +557,11 @@ def load_evaluation(out_dir: str | os.PathLike) -> tuple[list[dict], dict]:
 _LW_NAMES = {LESION_PROCEDURE_2023: "BraTS 2023", lesionwise_2024.PROCEDURE: "BraTS 2024 post-treatment"}
 
 
+def lesion_procedure_name(summary: Mapping) -> str:
+    """The readable name of the lesion-wise procedure recorded in a ``summary.json`` (older ones: BraTS 2023)."""
+    return _LW_NAMES.get(summary.get("lesion_wise", {}).get("procedure"), "BraTS 2023")
+
+
 def format_summary_table(summary: dict, metric_names: Sequence[str] = (
         "dice", "hd95", "lesion_dice", "lesion_hd95", "sensitivity", "specificity")) -> str:
     """A plain-text table of mean ± std (and median) per region for a summary from :func:`evaluate_folders`."""
@@ -577,5 +582,5 @@ def format_summary_table(summary: dict, metric_names: Sequence[str] = (
     out = ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in table]
     out.append(f"{summary['num_cases']} case(s); HD95 in mm (empty-vs-non-empty penalty "
                f"{summary['hd95_empty_penalty_mm']} mm); LW = "
-               f"{_LW_NAMES.get(summary.get('lesion_wise', {}).get('procedure'), 'BraTS 2023')} lesion-wise")
+               f"{lesion_procedure_name(summary)} lesion-wise")
     return "\n".join(out)
