@@ -8,12 +8,15 @@ Variants that DDP cannot train correctly stop with one line.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from torch import distributed as dist
 from torch import multiprocessing as mp
@@ -181,3 +184,50 @@ def test_a_variant_ddp_cannot_train_is_refused_in_one_line_before_anything_is_wr
                               f"pseudo_label_weight weights the samples of a batch"), message
     assert "\n" not in message
     assert not results.exists()  # refused before nnU-Net created the output folder
+
+
+def validation_worker(rank: int, world: int, env: dict, port: int, folder: str) -> None:
+    """Rank ``rank`` of a DDP final validation of the session's KD smoke model (from its final checkpoint)."""
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = cpu_trainer(KD_SMOKE)
+        trainer.load_checkpoint(str(Path(folder) / "checkpoint_final.pth"))
+        trainer.perform_actual_validation(False)
+    except BaseException:
+        Path(folder, f"error-{rank}").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+KD_SMOKE = "nnUNetTrainerBarlowKD_smoke"
+
+
+def test_ddp_final_validation_splits_cases_and_equals_the_single_process_one(nnunet_env: NnunetEnv, tmp_path: Path):
+    import shutil
+
+    model = nnunet_env.ensure_trained(KD_SMOKE)  # its validation/ was written by one process (nnUNetv2_train)
+    results = tmp_path / "results"
+    shutil.copytree(model, results / nnunet_env.dataset_name / model.name)
+    fold = results / nnunet_env.dataset_name / model.name / "fold_0"
+    shutil.rmtree(fold / "validation")
+    env = worker_env(nnunet_env, results)
+    env["nnUNet_def_n_proc"] = nnunet_env.env["nnUNet_def_n_proc"]
+    try:
+        mp.spawn(validation_worker, args=(WORLD, env, free_port(), str(fold)), nprocs=WORLD)
+    except Exception:
+        raise AssertionError("\n".join(p.read_text() for p in fold.glob("error-*"))) from None
+
+    single, ddp = model / "fold_0" / "validation", fold / "validation"
+    cases = sorted(p.name for p in single.glob("*.nii.gz"))
+    assert len(cases) >= WORLD and sorted(p.name for p in ddp.glob("*.nii.gz")) == cases  # every rank's share
+    for case in cases:
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / case))) for f in (ddp, single))
+        assert np.array_equal(a, b), case
+    metrics = json.loads((ddp / "summary.json").read_text())
+    expected = json.loads((single / "summary.json").read_text())
+    assert metrics["foreground_mean"] == expected["foreground_mean"]
+    assert str(tmp_path) in metrics["metric_per_case"][0]["prediction_file"]  # the final folder, not the staging one
+    assert not [p.name for p in fold.iterdir() if p.name.startswith("validation") and p.name != "validation"]

@@ -19,6 +19,9 @@ pseudo-labelled case ids and pseudo-label sets that ``nnunet-kd make-distill-dat
 ``pseudo_label_weight`` (class attribute, default 1) weights the segmentation loss of pseudo-labelled samples
 within a batch (per-sample loss, weighted mean; with ``batch_dice`` plans the Dice becomes per sample). The weights
 are set from the batch's ``keys`` inside ``train_step``. Soft-label (probability) targets are not implemented.
+Multi-GPU (DDP) training with ``pseudo_label_weight != 1`` is refused in ``__init__`` (one
+:class:`~nnunet_kd.errors.ConfigurationError` line): the weighted mean divides by the batch's weight sum, and each
+GPU would divide by its own share's.
 """
 
 from __future__ import annotations
