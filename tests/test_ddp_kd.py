@@ -141,10 +141,14 @@ def run_processes(world: int, name: str, env: dict, result_file: Path) -> dict:
     return torch.load(result_file, weights_only=False)
 
 
-def test_ddp_step_on_half_batches_equals_one_process_on_the_whole_batch(nnunet_env: NnunetEnv, tmp_path: Path):
+def test_ddp_step_on_half_batches_equals_one_process_on_the_whole_batch(nnunet_env: NnunetEnv, tmp_path: Path,
+                                                                         monkeypatch):
     name = "nnUNetTrainerBarlowKD"
     env = worker_env(nnunet_env, tmp_path / "results")
-    single = run_processes(1, name, env, tmp_path / "single.pt")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    one_step(0, 1, name, {}, 0, str(tmp_path / "single.pt"))  # the reference: this process, no DDP
+    single = torch.load(tmp_path / "single.pt", weights_only=False)
     ddp = run_processes(WORLD, name, env, tmp_path / "ddp.pt")
 
     assert single["sizes"] == [2] and ddp["sizes"] == [1, 1]  # nnU-Net split the plans' batch of 2
@@ -157,31 +161,26 @@ def test_ddp_step_on_half_batches_equals_one_process_on_the_whole_batch(nnunet_e
         torch.testing.assert_close(ddp["updated"][key], value, rtol=1e-5, atol=1e-6, msg=f"{key} after the step")
 
 
-def refusal_worker(rank: int, name: str, env: dict, port: int, result_file: str) -> None:
-    """Build trainer ``name`` in a one-process gloo group (nnU-Net's is_ddp is True); record what it raised."""
+def test_a_variant_ddp_cannot_train_is_refused_in_one_line_before_anything_is_written(nnunet_env: NnunetEnv,
+                                                                                         tmp_path: Path, monkeypatch):
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=1)
-    try:
-        get_trainer_from_args(str(NnunetEnv.dataset_id), "3d_fullres", 0, name, device=torch.device("cpu"))
-        message = "no error"
-    except Exception as e:  # noqa: BLE001 - the test checks what was raised
-        message = f"{type(e).__name__}: {e}"
-    finally:
-        dist.destroy_process_group()
-    Path(result_file).write_text(message)
+    from nnunet_kd.errors import ConfigurationError
 
-
-def test_a_variant_ddp_cannot_train_is_refused_in_one_line_before_anything_is_written(nnunet_env: NnunetEnv,
-                                                                                         tmp_path: Path):
     name = "nnUNetTrainerDistill_PseudoWeight05"
     results = tmp_path / "results"
-    result_file = tmp_path / "refusal.txt"
-    mp.spawn(refusal_worker, args=(name, worker_env(nnunet_env, results), free_port(), str(result_file)), nprocs=1)
-    message = result_file.read_text()
-    assert message.startswith(f"ConfigurationError: {name} does not support multi-GPU (DDP) training: "
-                              f"pseudo_label_weight weights the samples of a batch"), message
+    for key, value in worker_env(nnunet_env, results).items():
+        monkeypatch.setenv(key, value)
+    # a one-process gloo group: nnU-Net's is_ddp is True, as in each process of nnUNetv2_train -num_gpus N
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ConfigurationError) as refused:
+            get_trainer_from_args(str(nnunet_env.dataset_id), "3d_fullres", 0, name, device=torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    message = str(refused.value)
+    assert message.startswith(f"{name} does not support multi-GPU (DDP) training: pseudo_label_weight weights the "
+                              f"samples of a batch"), message
     assert "\n" not in message
     assert not results.exists()  # refused before nnU-Net created the output folder
 
