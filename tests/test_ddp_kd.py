@@ -70,7 +70,7 @@ def cpu_trainer(name: str):
     folder = Path(os.environ["nnUNet_preprocessed"]) / NnunetEnv.dataset_name
     plans = load_json(str(folder / "nnUNetPlans.json"))
     plans["continue_training"] = False
-    trainer_class = type(f"{name}_cpu", (CpuDDP, recursive_find_trainer_class_by_name(name)), {})
+    trainer_class = type(name, (CpuDDP, recursive_find_trainer_class_by_name(name)), {})  # same output folder
     return trainer_class(plans, "3d_fullres", 0, load_json(str(folder / "dataset.json")), torch.device("cpu"))
 
 
@@ -212,6 +212,8 @@ def test_ddp_final_validation_splits_cases_and_equals_the_single_process_one(nnu
     shutil.copytree(model, results / nnunet_env.dataset_name / model.name)
     fold = results / nnunet_env.dataset_name / model.name / "fold_0"
     shutil.rmtree(fold / "validation")
+    for log in fold.glob("training_log_*.txt"):
+        log.unlink()
     env = worker_env(nnunet_env, results)
     env["nnUNet_def_n_proc"] = nnunet_env.env["nnUNet_def_n_proc"]
     try:
@@ -222,6 +224,9 @@ def test_ddp_final_validation_splits_cases_and_equals_the_single_process_one(nnu
     single, ddp = model / "fold_0" / "validation", fold / "validation"
     cases = sorted(p.name for p in single.glob("*.nii.gz"))
     assert len(cases) >= WORLD and sorted(p.name for p in ddp.glob("*.nii.gz")) == cases  # every rank's share
+    rank0_log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))  # only rank 0 writes the log
+    predicted = [c.removesuffix(".nii.gz") for c in cases if f"predicting {c.removesuffix('.nii.gz')} " in rank0_log]
+    assert predicted == [c.removesuffix(".nii.gz") for c in cases[0::WORLD]]  # nnU-Net's split: rank 0's share
     for case in cases:
         a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / case))) for f in (ddp, single))
         assert np.array_equal(a, b), case
