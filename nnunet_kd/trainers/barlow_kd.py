@@ -26,9 +26,12 @@ Choices that keep the student's numbers comparable with stock nnU-Net and ``nnUN
 
 A checkpoint is written once, atomically (temporary file, then ``os.replace``), with the KD state inside; ``--c`` /
 ``--val`` on a KD checkpoint without it stop with a :class:`~nnunet_kd.errors.ConfigurationError`.
-Multi-GPU (DDP) training and cascade configurations (``3d_cascade_fullres``) are refused in ``__init__``, before
-nnU-Net creates the output folder: the teacher and projectors live outside nnU-Net's DDP wrapper, and the previous
-stage's segmentation channels are not wired into teacher and student.
+Cascade configurations (``3d_cascade_fullres``) are refused in ``__init__``, before nnU-Net creates the output
+folder: the previous stage's segmentation channels are not wired into teacher and student.
+
+Multi-GPU (``-num_gpus N``, DDP) trains like one process on the global batch: teacher and projectors are
+DDP-wrapped like the student, and Barlow Twins sees the embeddings of all ranks (:mod:`nnunet_kd.trainers.ddp`,
+hooks :meth:`~nnUNetTrainerBarlowKD.wrap_kd_module_for_ddp` and :meth:`~nnUNetTrainerBarlowKD.gather_embeddings`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
 from nnunet_kd.errors import ConfigurationError
@@ -55,6 +59,13 @@ from nnunet_kd.subsets.modalities import (
     resolve_channels,
     student_dataset_json,
     student_plans,
+)
+from nnunet_kd.trainers.ddp import (
+    gather_with_grad,
+    has_trainable_parameters,
+    mean_over_ranks,
+    sum_over_ranks,
+    wrap_like_student,
 )
 from nnunet_kd.trainers.deployment_validation import validate_through_deployment
 from nnunet_kd.trainers.kd_progress import plot_kd_progress
@@ -94,17 +105,16 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         refuse_cascade(plans, configuration, self.__class__.__name__)  # before nnU-Net creates the output folder
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training: its teacher and "
-                               f"projectors are not synchronised. Train each fold on one GPU (-num_gpus 1) and run "
-                               f"folds in parallel instead.")
         self.full_dataset_json = dataset_json
         self.student_subset: ChannelSubset = resolve_channels(dataset_json["channel_names"], self.student_modalities)
         # nnU-Net sizes self.network from self.dataset_json and copies it into the model folder: give it the student's.
         self.dataset_json = student_dataset_json(dataset_json, self.student_subset)
         self.kd_modules = nn.ModuleDict()
         self.barlow_loss = BarlowTwinsLoss(self.barlow_off_diagonal_weight)
-        #: The teacher as it is run: ``kd_modules["teacher"]``, or its torch.compile wrapper (:meth:`compile_teacher`).
+        #: The KD modules as they are run: ``kd_modules``' plain modules, the teacher torch.compile'd like the student
+        #: (:meth:`compile_teacher`) and, under DDP, DDP-wrapped (:meth:`wrap_kd_module_for_ddp`).
+        self.kd_runners: dict[str, nn.Module] = {}
+        #: The teacher as it is run (``kd_runners["teacher"]``).
         self.teacher_network: nn.Module | None = None
         self._latents: dict[str, torch.Tensor] = {}
         self._student_index = torch.tensor(self.student_subset.indices, dtype=torch.long)
@@ -173,9 +183,14 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         teacher_latent = teacher_latent.float()
         if self.detach_teacher_in_barlow:  # before the projector: the teacher projector still learns
             teacher_latent = teacher_latent.detach()
-        z_teacher = self.kd_modules["teacher_projector"](teacher_latent)
-        z_student = self.kd_modules["student_projector"](student_latent.float())
-        return {"barlow_loss": self.barlow_loss(z_teacher, z_student)}
+        z_teacher = self.kd_runners["teacher_projector"](teacher_latent)
+        z_student = self.kd_runners["student_projector"](student_latent.float())
+        return {"barlow_loss": self.barlow_loss(self.gather_embeddings(z_teacher), self.gather_embeddings(z_student))}
+
+    def gather_embeddings(self, z: torch.Tensor) -> torch.Tensor:
+        """The embeddings of the global batch: under DDP, every rank's ``z`` concatenated in rank order, with
+        gradients (so Barlow Twins is the single-process loss, see :mod:`nnunet_kd.trainers.ddp`); else ``z``."""
+        return gather_with_grad(z) if self.is_ddp else z
 
     def initialize(self):
         super().initialize()
@@ -190,7 +205,12 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
                 modules["student_projector"] = make_projector(bottleneck, self.projector_dim, spatial)
             self.kd_modules = nn.ModuleDict(modules).to(self.device)
             self._capture_latent(teacher, "teacher")  # before compiling: the hook is traced into the compiled graph
-            self.teacher_network = self.compile_teacher(teacher)
+            runners = dict(self.kd_modules.items())
+            runners["teacher"] = self.compile_teacher(teacher)
+            if self.is_ddp:
+                runners = {name: self.wrap_kd_module_for_ddp(name, module) for name, module in runners.items()}
+            self.kd_runners = runners
+            self.teacher_network = runners["teacher"]
             extra = self.kd_trainable_parameters()
             if extra:  # the poly LR scheduler sets the learning rate of every parameter group
                 self.optimizer.add_param_group({"params": extra})
@@ -204,6 +224,14 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
             return teacher
         self.print_to_log_file("Using torch.compile for the teacher...")
         return torch.compile(teacher)
+
+    def wrap_kd_module_for_ddp(self, name: str, module: nn.Module) -> nn.Module:
+        """KD module ``name`` as run under DDP: SyncBatchNorm + DDP like nnU-Net's student when it has trainable
+        parameters; a module without (the frozen teacher) runs as it is, the same on every rank."""
+        if not has_trainable_parameters(module):
+            return module
+        self.print_to_log_file(f"nnunet-kd: {name} synchronised across GPUs (DDP)")
+        return wrap_like_student(module, self.device)
 
     def gradient_clip_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters whose gradient norm is clipped together: the student, then each KD module that is trained.
@@ -286,8 +314,9 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
         collated = collate_outputs(train_outputs)
-        for key in (*self.loss_weights(), TOTAL_LOSS_KEY):
-            self.logger.log(key, float(np.mean(collated[key])), self.current_epoch)
+        for key in (*self.loss_weights(), TOTAL_LOSS_KEY):  # under DDP: the mean over all ranks, as train_losses
+            value = mean_over_ranks(collated[key]) if self.is_ddp else float(np.mean(collated[key]))
+            self.logger.log(key, value, self.current_epoch)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict) -> dict:
@@ -308,6 +337,8 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
         if self.use_teacher:
             collated = collate_outputs(val_outputs)
             tp, fp, fn = (np.sum(collated[f"teacher_{k}_hard"], 0) for k in ("tp", "fp", "fn"))
+            if self.is_ddp:  # counts of all ranks, as nnU-Net's pseudo-Dice
+                tp, fp, fn = sum_over_ranks(tp), sum_over_ranks(fp), sum_over_ranks(fn)
             dice = [2 * i / (2 * i + j + k) if (2 * i + j + k) > 0 else float("nan") for i, j, k in zip(tp, fp, fn)]
             self.logger.log("teacher_mean_fg_dice", float(np.nanmean(dice)), self.current_epoch)
             self.logger.log("teacher_dice_per_class_or_region", dice, self.current_epoch)
@@ -346,6 +377,8 @@ class nnUNetTrainerBarlowKD(nnUNetTrainer):
     # ------------------------------------------------------------------ files for stock prediction
     def on_train_start(self):
         super().on_train_start()
+        if self.is_ddp:  # every rank has written nnU-Net's full plans.json before rank 0 replaces it
+            dist.barrier()
         if self.local_rank == 0:  # replaces nnU-Net's full plans.json in one step: never half-written
             save_json_atomic(student_plans(self.plans_manager.plans, self.student_subset),
                              os.path.join(self.output_folder_base, "plans.json"))

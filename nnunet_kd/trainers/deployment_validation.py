@@ -16,6 +16,14 @@ same preprocessor, sliding window and export as ``nnUNetv2_predict`` on the stud
 same ``gt_segmentations`` as stock validation) is voxel-identical to that command's output for the same case
 (tested in ``tests/test_deployment_validation.py``).
 
+Under multi-GPU (DDP) training the cases are split across the ranks as nnU-Net's own final validation splits them
+(``val_keys[rank::world_size]``): rank 0 creates the staging folder and tells the others its path, every rank
+predicts its share into it, and after a barrier rank 0 computes the metrics and moves the folder into place (one
+writer for the folder and ``summary.json``, nothing half-written). Splitting, rather than predicting everything on
+rank 0 while the others wait, keeps the waits at the barrier short: NCCL aborts a collective that waits longer than
+its timeout (10 minutes by default), which a BraTS validation fold predicted by one GPU would exceed. The network
+predicted with is the plain student behind the DDP wrapper, so no rank waits for another during prediction.
+
 Refused, with one line naming case and file: validation cases whose raw student files are missing (the trained
 checkpoint stays; restore the files and rerun with ``--val``). Refused here too, whether or not the trainer refused
 it when built: cascade configurations (the previous stage's segmentation would have to come from the student's
@@ -35,6 +43,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_kd.errors import ConfigurationError, InputDataError
 from nnunet_kd.paths import nnunet_raw
@@ -93,6 +103,8 @@ def student_predictor(trainer) -> nnUNetPredictor:
     plans_manager = PlansManager(student_plans(trainer.plans_manager.plans, trainer.student_subset))
     configuration_manager = plans_manager.get_configuration(trainer.configuration_name)
     network = trainer.network
+    if isinstance(network, DistributedDataParallel):  # predict with the student behind DDP: no collectives
+        network = network.module
     plain = network._orig_mod if hasattr(network, "_orig_mod") else network
     weights = copy.deepcopy(plain.state_dict())  # what nnUNetv2_predict loads from checkpoint["network_weights"]
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
@@ -103,8 +115,9 @@ def student_predictor(trainer) -> nnUNetPredictor:
     return predictor
 
 
-def validate_through_deployment(trainer, save_probabilities: bool = False) -> dict:
-    """The trainer's final validation from the raw student files (see the module docstring); returns the metrics."""
+def validate_through_deployment(trainer, save_probabilities: bool = False) -> dict | None:
+    """The trainer's final validation from the raw student files (see the module docstring); returns the metrics
+    (on rank 0; None on the other ranks of a DDP run)."""
     refuse_cascade_validation(trainer)
     _, val_keys = trainer.do_split()
     val_keys = sorted(val_keys)
@@ -119,14 +132,22 @@ def validate_through_deployment(trainer, save_probabilities: bool = False) -> di
                               f"({trainer.student_subset.describe()}) through nnU-Net's predictor, as nnUNetv2_predict")
     predictor = student_predictor(trainer)
     target = Path(trainer.output_folder) / "validation"
+    rank, world = (dist.get_rank(), dist.get_world_size()) if trainer.is_ddp else (0, 1)
+    mine = val_keys[rank::world]  # nnU-Net's split of the validation cases across ranks
+    if rank != 0:
+        path: list = [None]
+        dist.broadcast_object_list(path, src=0)  # rank 0's staging folder
+        predict_cases(trainer, predictor, files, mine, Path(path[0]), save_probabilities)
+        dist.barrier()  # rank 0 computes the metrics once every rank's cases are written
+        _restore_training_state(trainer)
+        return None
     label_manager = trainer.label_manager
     with staged_folder(target, replace=[target] if target.exists() else []) as tmp:
-        for case in val_keys:
-            trainer.print_to_log_file(f"predicting {case} from {', '.join(os.path.basename(f) for f in files[case])}")
-        predictor.predict_from_files([files[c] for c in val_keys], [str(tmp / c) for c in val_keys],
-                                     save_probabilities=save_probabilities, overwrite=True,
-                                     num_processes_preprocessing=default_num_processes,
-                                     num_processes_segmentation_export=default_num_processes)
+        if world > 1:
+            dist.broadcast_object_list([str(tmp)], src=0)
+        predict_cases(trainer, predictor, files, mine, tmp, save_probabilities)
+        if world > 1:
+            dist.barrier()
         metrics = compute_metrics_on_folder(
             os.path.join(trainer.preprocessed_dataset_folder_base, "gt_segmentations"), str(tmp),
             str(tmp / "summary.json"), trainer.plans_manager.image_reader_writer_class(),
@@ -140,9 +161,25 @@ def validate_through_deployment(trainer, save_probabilities: bool = False) -> di
     trainer.logger.log_summary("final_val/foreground_dice", metrics["foreground_mean"]["Dice"])
     trainer.print_to_log_file("Validation complete", also_print_to_console=True)
     trainer.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"], also_print_to_console=True)
+    _restore_training_state(trainer)
+    return metrics
 
+
+def predict_cases(trainer, predictor: nnUNetPredictor, files: dict[str, list[str]], cases: list[str], folder: Path,
+                  save_probabilities: bool) -> None:
+    """Predict ``cases`` from their raw student ``files`` into ``folder`` as ``nnUNetv2_predict`` would."""
+    if not cases:  # more ranks than validation cases
+        return
+    for case in cases:
+        trainer.print_to_log_file(f"predicting {case} from {', '.join(os.path.basename(f) for f in files[case])}")
+    predictor.predict_from_files([files[c] for c in cases], [str(folder / c) for c in cases],
+                                 save_probabilities=save_probabilities, overwrite=True,
+                                 num_processes_preprocessing=default_num_processes,
+                                 num_processes_segmentation_export=default_num_processes)
+
+
+def _restore_training_state(trainer) -> None:
     trainer.set_deep_supervision_enabled(True)
     compute_gaussian.cache_clear()
     if trainer.device.type == "cuda":
         torch.cuda.empty_cache()
-    return metrics

@@ -19,6 +19,9 @@ pseudo-labelled case ids and pseudo-label sets that ``nnunet-kd make-distill-dat
 ``pseudo_label_weight`` (class attribute, default 1) weights the segmentation loss of pseudo-labelled samples
 within a batch (per-sample loss, weighted mean; with ``batch_dice`` plans the Dice becomes per sample). The weights
 are set from the batch's ``keys`` inside ``train_step``. Soft-label (probability) targets are not implemented.
+Multi-GPU (DDP) training with ``pseudo_label_weight != 1`` is refused in ``__init__`` (one
+:class:`~nnunet_kd.errors.ConfigurationError` line): the weighted mean divides by the batch's weight sum, and each
+GPU would divide by its own share's.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from nnunet_kd.trainers.architectures import (
     nnUNetTrainerResidualUNet_VAE,
     nnUNetTrainerUNet,
 )
+from nnunet_kd.trainers.ddp import refuse_ddp
 from nnunet_kd.trainers.smoke import SmokeSchedule
 
 #: nnU-Net's seed and number of folds for its default cross-validation split.
@@ -90,6 +94,13 @@ class DistillSplitMixin:
     """Pseudo-labelled cases always in training, validation only on real labels; optional pseudo-label weight."""
 
     pseudo_label_weight: float = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        if self.pseudo_label_weight != 1.0:  # before nnU-Net creates the output folder
+            refuse_ddp(type(self).__name__, "pseudo_label_weight weights the samples of a batch by the sum of their "
+                                            "weights, and under DDP each GPU sees only its share of the batch")
+        super().__init__(plans, configuration, fold, dataset_json, device)  # type: ignore[call-arg]
 
     def _pseudo_cases(self) -> set[str]:
         cases = pseudo_labelled_cases(self.dataset_json)  # type: ignore[attr-defined]

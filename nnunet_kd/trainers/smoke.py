@@ -93,6 +93,12 @@ class DemoSchedule(SmokeSchedule):
         step = min(times)
         self.num_epochs = demo_epochs(step, self.smoke_iterations, self.smoke_val_iterations,
                                       self.demo_train_seconds, self.demo_min_epochs, self.smoke_epochs)
+        if self.is_ddp:  # type: ignore[attr-defined]  # all ranks must run the same epochs: rank 0's count
+            from torch import distributed as dist
+
+            count = [self.num_epochs]
+            dist.broadcast_object_list(count, src=0)
+            self.num_epochs = count[0]
         self.lr_scheduler.max_steps = self.num_epochs  # type: ignore[attr-defined]
         if self.local_rank == 0:  # type: ignore[attr-defined]
             with open(f"{record}.tmp", "w") as f:
