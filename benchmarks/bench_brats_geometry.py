@@ -49,8 +49,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.bench_train_step import (build_trainer, count_parameters, input_channels, make_batch, plans_summary,
-                                         set_threads)
+from benchmarks.bench_train_step import (
+    build_trainer,
+    count_parameters,
+    input_channels,
+    make_batch,
+    plans_summary,
+    set_threads,
+)
 
 BRATS_SIZE = (240, 240, 155)
 TRAINERS = ("kd", "stock_4ch")
@@ -173,8 +179,8 @@ def probe(variant: str, data: common.BenchData, batch: int, iterations: int, war
     start_watchdog()
     common.activate(data, "cpu")
     set_threads("cpu", threads)
-    import torch
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401  (imports count in the baseline)
+    import torch
 
     import nnunet_kd.trainers.barlow_kd  # noqa: F401
 
