@@ -1,0 +1,93 @@
+"""benchmarks/bench_brats_geometry.py: its whole pipeline at a tiny size, and its memory guard for larger batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not of the installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_brats_geometry as bench  # noqa: E402
+from benchmarks import common  # noqa: E402
+
+GIB = 2**30
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_at_a_tiny_size(tmp_path: Path):
+    """synth -> convert -> stock planning -> KD and stock iterations -> two predictions, geometry checked."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks.bench_brats_geometry", "--out", str(out), "--size", "32,40,32",
+           "--spacing", "5", "--iterations", "1", "--warmup", "0", "--batches", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    table = proc.stdout[proc.stdout.index("| measure"):]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()
+            if line.startswith("| ") and line.count("|") >= 3}
+    assert rows["ratio KD / stock 4-ch time per iteration, batch 1"].endswith(")")
+    assert rows["ratio KD / stock 4-ch peak RSS, batch 1"][0].isdigit()
+    assert rows["prediction geometry equals input"].startswith("yes: size [32, 40, 32], spacing [5.0, 5.0, 5.0]")
+    assert rows["student and stock predictions identical"] == "yes"
+    assert "load average" in rows["load before / after (uptime)"]
+    result = json.loads((out / "bench_brats_geometry.json").read_text())
+    assert (out / "bench_brats_geometry.md").read_text().strip() == table.split("\nwrote ")[0].strip()
+    assert set(result["train"]["probes"]["1"]) == {"kd", "stock_4ch"}
+    for probe in result["train"]["probes"]["1"].values():
+        assert len(probe["seconds"]) == 1 and probe["peak_rss_bytes"] >= probe["built_rss_bytes"] > 0
+    assert result["plans"]["spacing"] == [5.0, 5.0, 5.0] and result["plans"]["n_stages"] >= 3
+    for model in result["predict"]["models"].values():
+        assert model["geometry_equal"] and model["prediction"] == result["predict"]["input"]
+
+
+def _fake_probe(calls: list):
+    def probe(variant, data, batch, iterations, warmup, threads):
+        calls.append((variant, batch))
+        built, per_sample = (2 * GIB, 4 * GIB) if variant == "kd" else (1 * GIB, 2 * GIB)
+        return {"variant": variant, "batch": batch, "seconds": [float(batch) * (2 if variant == "kd" else 1)] * 2,
+                "baseline_rss_bytes": GIB // 2, "built_rss_bytes": built, "peak_rss_bytes": built + batch * per_sample}
+    return probe
+
+
+class _Plans:
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def plans(self) -> dict:
+        return {"configurations": {common.CONFIGURATION: {"batch_size": self.batch}}}
+
+
+def test_larger_batch_runs_only_when_its_estimate_fits(monkeypatch):
+    """Batch 1 first; batch 2 of a trainer only when MemAvailable >= its estimate (2 x peak - built) + 3 GiB."""
+    calls: list = []
+    monkeypatch.setattr(bench, "probe_in_subprocess", _fake_probe(calls))
+    # KD at batch 1: built 2 GiB, peak 6 GiB -> batch 2 needs 10 GiB; stock: built 1, peak 3 -> needs 5 GiB
+    monkeypatch.setattr(bench, "available_bytes", lambda: 11 * GIB)
+    result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
+    assert calls == [("kd", 1), ("stock_4ch", 1), ("stock_4ch", 2)]
+    assert result["skipped"] == {"kd@2": "needs ~10.0 GiB peak RSS (from batch 1), 11.0 GiB available (< estimate "
+                                          "+ 3 GiB margin)"}
+    assert result["estimated_peak_rss_bytes"] == {"kd@2": 10 * GIB, "stock_4ch@2": 5 * GIB}
+    assert set(result["ratios"]) == {"1"}  # no KD / stock ratio at a batch where KD did not run
+    assert result["ratios"]["1"]["time_kd_over_stock_4ch"]["of_medians"] == pytest.approx(2.0)
+    assert result["ratios"]["1"]["peak_rss_kd_over_stock_4ch"] == pytest.approx(2.0)
+
+    calls.clear()
+    monkeypatch.setattr(bench, "available_bytes", lambda: 13 * GIB)
+    result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
+    assert calls == [("kd", 1), ("stock_4ch", 1), ("kd", 2), ("stock_4ch", 2)] and not result["skipped"]
+    assert set(result["ratios"]) == {"1", "2"}
