@@ -16,12 +16,14 @@ up to ~10 GiB of memory at full size). Writes ``DIR/bench_brats_geometry.json`` 
 2. ``train``: one fresh process per (trainer, batch size) -- peak memory is per process -- builds the trainer
    as :func:`benchmarks.bench_train_step.build_trainer` does at those plans, runs ``warmup`` + ``iterations``
    ``train_step`` calls on a fixed random batch (:func:`benchmarks.bench_train_step.make_batch`) and reports the
-   seconds per iteration and the peak resident set size (VmHWM). Trainers: ``kd`` (``nnUNetTrainerBarlowKD``)
-   and ``stock_4ch`` (stock ``nnUNetTrainer``), in that order at each batch size. Batch 1 always; the plans'
-   batch only when the memory available (``MemAvailable``) exceeds its estimate from the batch-1 run (peak +
-   the activations again: ``2 x peak - RSS after the trainer was built``) by 3 GiB; otherwise the estimate is
-   reported and the batch is not run. A watchdog in every probe ends it (exit 3) when ``MemAvailable`` falls
-   under 1.5 GiB, so that an estimate that was too low cannot take the machine's memory from other work.
+   seconds per iteration and the peak resident set size (VmHWM). Trainers: ``stock_4ch`` (stock
+   ``nnUNetTrainer``) and ``kd`` (``nnUNetTrainerBarlowKD``), in that order at each batch size. Batch 1 first;
+   each run only when the memory available (``MemAvailable``) exceeds its estimate by 3 GiB: KD at batch 1 from
+   the stock run (twice its increment over imports), either trainer at the plans' batch ``b`` from its batch-1
+   run (``peak + (b - 1) x (peak - RSS after the trainer was built)``); when KD does not fit at a batch, neither
+   runs there (no ratio to give) and the estimate is reported. A watchdog in every probe ends it (exit 3) when
+   ``MemAvailable`` falls under 1.5 GiB, so that an estimate that was too low cannot take the machine's memory
+   from other work.
 3. ``predict``: :func:`benchmarks.bench_inference.write_model_folders` writes the student (``nnUNetTrainerBarlowKD``)
    and a stock ``nnUNetTrainer`` on the same two channels (T1ce, FLAIR), the same plans and the same (untrained)
    weights; both predict one full-size case made by ``select_modalities`` with the real ``nnUNetv2_predict``
@@ -59,7 +61,8 @@ from benchmarks.bench_train_step import (
 )
 
 BRATS_SIZE = (240, 240, 155)
-TRAINERS = ("kd", "stock_4ch")
+#: measured in this order at every batch size: the stock run's peak bounds the KD run's estimate
+TRAINERS = ("stock_4ch", "kd")
 ROOT = Path(__file__).resolve().parent.parent
 #: a probe or prediction ends itself when the machine's available memory falls below this
 WATCHDOG_MIN_AVAILABLE = int(1.5 * 2**30)
@@ -230,29 +233,52 @@ def batch_estimate(result: dict, batch: int) -> int:
     return int(result["peak_rss_bytes"] + (batch - 1) * (result["peak_rss_bytes"] - result["built_rss_bytes"]))
 
 
+def kd_estimate(stock: dict) -> int:
+    """Peak RSS of KD from the stock 4-channel run at the same batch: two networks, so twice the increment over
+    imports (measured 1.7 x on small plans, ``benchmarks/RESULTS.md``; 2 x keeps a margin)."""
+    return int(stock["peak_rss_bytes"] + (stock["peak_rss_bytes"] - stock["baseline_rss_bytes"]))
+
+
+def _fits(estimate: int) -> str | None:
+    """None if ``estimate`` bytes plus the margin are available, else why not."""
+    free = available_bytes()
+    if free and free < estimate + MARGIN_BYTES:
+        return (f"needs ~{estimate / GIB:.1f} GiB peak RSS, {free / GIB:.1f} GiB available (< estimate + "
+                f"{MARGIN_BYTES / GIB:.0f} GiB margin)")
+    return None
+
+
 def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int, warmup: int, threads: int,
           log: Callable[[str], None] = print) -> dict:
     """The probes of every trainer at every batch size that fits; see the module docstring."""
     plan_batch = int(data.plans()["configurations"][common.CONFIGURATION]["batch_size"])
-    wanted = sorted({1, plan_batch}) if batches is None else sorted(set(int(b) for b in batches))
+    wanted = sorted({1, plan_batch} if batches is None else {1, *(int(b) for b in batches)})  # 1: the estimates
     probes: dict[str, dict[str, dict]] = {}
     skipped: dict[str, str] = {}
     for batch in wanted:
-        previous = probes.get("1")
+        first = probes.get("1", {})
         for variant in TRAINERS:
-            if batch != 1 and previous is not None:
-                ref = previous.get(variant, {})
-                if "error" in ref or not ref:
-                    skipped[f"{variant}@{batch}"] = "batch 1 failed"
+            key = f"{variant}@{batch}"
+            if batch == 1:
+                stock = probes.get("1", {}).get("stock_4ch", {})
+                estimate = (kd_estimate(stock), "2 x the stock run's increment") if (
+                    variant == "kd" and "peak_rss_bytes" in stock) else None
+            elif "peak_rss_bytes" not in first.get("kd", {}) or "peak_rss_bytes" not in first.get(variant, {}):
+                skipped[key] = "KD or this trainer did not run at batch 1: no estimate, nothing to compare"
+                continue
+            else:
+                kd_why = _fits(batch_estimate(first["kd"], batch))
+                if kd_why is not None:  # the stock run alone would give no ratio
+                    skipped[key] = (f"KD at batch {batch} {kd_why} (from batch 1)" if variant == "kd" else
+                                    f"KD does not fit at batch {batch}: nothing to compare")
+                    log(f"train: {variant} batch {batch} not run: {skipped[key]}")
                     continue
-                estimate = batch_estimate(ref, batch)
-                free = available_bytes()
-                if free and free < estimate + MARGIN_BYTES:
-                    skipped[f"{variant}@{batch}"] = (f"needs ~{estimate / GIB:.1f} GiB peak RSS (from batch 1), "
-                                                     f"{free / GIB:.1f} GiB available (< estimate + "
-                                                     f"{MARGIN_BYTES / GIB:.0f} GiB margin)")
-                    log(f"train: {variant} batch {batch} not run: {skipped[f'{variant}@{batch}']}")
-                    continue
+                estimate = (batch_estimate(first[variant], batch), "from batch 1")
+            why = _fits(estimate[0]) if estimate is not None else None
+            if why is not None:
+                skipped[key] = f"{why} ({estimate[1]})"
+                log(f"train: {variant} batch {batch} not run: {skipped[key]}")
+                continue
             log(f"train: {variant} batch {batch}, {warmup} warm-up + {iterations} iterations "
                 f"({available_bytes() / GIB:.1f} GiB available) ...")
             result = probe_in_subprocess(variant, data, batch, iterations, warmup, threads)

@@ -71,23 +71,32 @@ class _Plans:
         return {"configurations": {common.CONFIGURATION: {"batch_size": self.batch}}}
 
 
-def test_larger_batch_runs_only_when_its_estimate_fits(monkeypatch):
-    """Batch 1 first; batch 2 of a trainer only when MemAvailable >= its estimate (2 x peak - built) + 3 GiB."""
+def test_each_run_only_when_its_estimate_fits(monkeypatch):
+    """Stock then KD at batch 1, KD guarded by 2 x the stock increment; batch 2 only where KD's estimate fits."""
     calls: list = []
     monkeypatch.setattr(bench, "probe_in_subprocess", _fake_probe(calls))
-    # KD at batch 1: built 2 GiB, peak 6 GiB -> batch 2 needs 10 GiB; stock: built 1, peak 3 -> needs 5 GiB
+    # stock at batch 1: after imports 0.5 GiB, peak 3 -> KD estimate 5.5 GiB; KD: built 2, peak 6 -> batch 2: 10 GiB
     monkeypatch.setattr(bench, "available_bytes", lambda: 11 * GIB)
     result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
-    assert calls == [("kd", 1), ("stock_4ch", 1), ("stock_4ch", 2)]
-    assert result["skipped"] == {"kd@2": "needs ~10.0 GiB peak RSS (from batch 1), 11.0 GiB available (< estimate "
-                                          "+ 3 GiB margin)"}
+    assert calls == [("stock_4ch", 1), ("kd", 1)]
+    assert result["skipped"] == {
+        "stock_4ch@2": "KD does not fit at batch 2: nothing to compare",
+        "kd@2": "KD at batch 2 needs ~10.0 GiB peak RSS, 11.0 GiB available (< estimate + 3 GiB margin) (from batch 1)"}
     assert result["estimated_peak_rss_bytes"] == {"kd@2": 10 * GIB, "stock_4ch@2": 5 * GIB}
-    assert set(result["ratios"]) == {"1"}  # no KD / stock ratio at a batch where KD did not run
+    assert set(result["ratios"]) == {"1"}
     assert result["ratios"]["1"]["time_kd_over_stock_4ch"]["of_medians"] == pytest.approx(2.0)
     assert result["ratios"]["1"]["peak_rss_kd_over_stock_4ch"] == pytest.approx(2.0)
 
     calls.clear()
     monkeypatch.setattr(bench, "available_bytes", lambda: 13 * GIB)
     result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
-    assert calls == [("kd", 1), ("stock_4ch", 1), ("kd", 2), ("stock_4ch", 2)] and not result["skipped"]
+    assert calls == [("stock_4ch", 1), ("kd", 1), ("stock_4ch", 2), ("kd", 2)] and not result["skipped"]
     assert set(result["ratios"]) == {"1", "2"}
+
+    calls.clear()
+    monkeypatch.setattr(bench, "available_bytes", lambda: 8 * GIB)  # KD at batch 1 needs 5.5 + 3
+    result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
+    assert calls == [("stock_4ch", 1)] and not result["ratios"]
+    assert result["skipped"]["kd@1"] == ("needs ~5.5 GiB peak RSS, 8.0 GiB available (< estimate + 3 GiB margin) "
+                                         "(2 x the stock run's increment)")
+    assert set(result["skipped"]) == {"kd@1", "kd@2", "stock_4ch@2"}
