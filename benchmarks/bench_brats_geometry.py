@@ -3,7 +3,7 @@ iterations (time, peak memory), a full-size prediction by the student and by a s
 prediction's geometry.
 
     python -m benchmarks.bench_brats_geometry --out DIR [--size 240,240,155] [--spacing 1] [--cases 2]
-        [--iterations 3] [--warmup 1] [--threads 1] [--batches auto|1,2] [--tta]
+        [--iterations 3] [--warmup 1] [--threads 1] [--batches auto|1,2] [--wait-memory S] [--tta]
 
 Not part of ``run_all`` (whose benchmarks take minutes on a 2-core CPU; this one takes tens of minutes and
 up to ~10 GiB of memory at full size). Writes ``DIR/bench_brats_geometry.json`` (every sample) and
@@ -239,17 +239,21 @@ def kd_estimate(stock: dict) -> int:
     return int(stock["peak_rss_bytes"] + (stock["peak_rss_bytes"] - stock["baseline_rss_bytes"]))
 
 
-def _fits(estimate: int) -> str | None:
-    """None if ``estimate`` bytes plus the margin are available, else why not."""
-    free = available_bytes()
-    if free and free < estimate + MARGIN_BYTES:
-        return (f"needs ~{estimate / GIB:.1f} GiB peak RSS, {free / GIB:.1f} GiB available (< estimate + "
-                f"{MARGIN_BYTES / GIB:.0f} GiB margin)")
-    return None
+def _fits(estimate: int, wait: float = 0.0) -> str | None:
+    """None if ``estimate`` bytes plus the margin are available (polled for up to ``wait`` seconds), else why not."""
+    deadline = time.monotonic() + wait
+    while True:
+        free = available_bytes()
+        if not free or free >= estimate + MARGIN_BYTES:
+            return None
+        if time.monotonic() >= deadline:
+            return (f"needs ~{estimate / GIB:.1f} GiB peak RSS, {free / GIB:.1f} GiB available (< estimate + "
+                    f"{MARGIN_BYTES / GIB:.0f} GiB margin)" + (f" after waiting {wait:.0f} s" if wait else ""))
+        time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
 
 
 def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int, warmup: int, threads: int,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
     """The probes of every trainer at every batch size that fits; see the module docstring."""
     plan_batch = int(data.plans()["configurations"][common.CONFIGURATION]["batch_size"])
     wanted = sorted({1, plan_batch} if batches is None else {1, *(int(b) for b in batches)})  # 1: the estimates
@@ -267,14 +271,14 @@ def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int
                 skipped[key] = "KD or this trainer did not run at batch 1: no estimate, nothing to compare"
                 continue
             else:
-                kd_why = _fits(batch_estimate(first["kd"], batch))
+                kd_why = _fits(batch_estimate(first["kd"], batch), wait)
                 if kd_why is not None:  # the stock run alone would give no ratio
                     skipped[key] = (f"KD at batch {batch} {kd_why} (from batch 1)" if variant == "kd" else
                                     f"KD does not fit at batch {batch}: nothing to compare")
                     log(f"train: {variant} batch {batch} not run: {skipped[key]}")
                     continue
                 estimate = (batch_estimate(first[variant], batch), "from batch 1")
-            why = _fits(estimate[0]) if estimate is not None else None
+            why = _fits(estimate[0], wait) if estimate is not None else None
             if why is not None:
                 skipped[key] = f"{why} ({estimate[1]})"
                 log(f"train: {variant} batch {batch} not run: {skipped[key]}")
@@ -436,7 +440,8 @@ def table(result: dict) -> str:
 
 
 def run(out: Path, cache: Path, size: Sequence[int], spacing: float, cases: int, iterations: int, warmup: int,
-        threads: int, batches: Sequence[int] | None, tta: bool, log: Callable[[str], None] = print) -> dict:
+        threads: int, batches: Sequence[int] | None, tta: bool, log: Callable[[str], None] = print,
+        wait: float = 0.0) -> dict:
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["nnUNet_compile"] = "false"
@@ -448,7 +453,7 @@ def run(out: Path, cache: Path, size: Sequence[int], spacing: float, cases: int,
     result["plans"] = planned(data)
     log(f"plans: patch {result['plans']['patch_size']}, batch {result['plans']['batch_size']}, "
         f"{result['plans']['n_stages']} stages")
-    result["train"] = train(data, batches, iterations, warmup, threads, log)
+    result["train"] = train(data, batches, iterations, warmup, threads, log, wait)
     try:
         result["predict"] = predict(data, threads, tta, log)
     except Exception as e:  # reported in the table; the training figures stay
@@ -494,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the training probes (default 1)")
     parser.add_argument("--batches", default="auto",
                         help="batch sizes to measure, e.g. 1,2 (default auto: 1 and the plans' batch if it fits)")
+    parser.add_argument("--wait-memory", type=float, default=0.0, metavar="S",
+                        help="wait up to S seconds for the memory a run needs before skipping it (default 0)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in prediction (default off on CPU)")
     parser.add_argument("--probe", choices=TRAINERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
@@ -510,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = None if args.batches == "auto" else [int(b) for b in args.batches.split(",") if b.strip()]
     cache = args.cache if args.cache is not None else args.out / "_data"
     result = run(args.out, cache, args.size, args.spacing, args.cases, args.iterations, args.warmup, args.threads,
-                 batches, args.tta)
+                 batches, args.tta, wait=args.wait_memory)
     print(table(result))
     print(f"wrote {args.out / 'bench_brats_geometry.json'} and {args.out / 'bench_brats_geometry.md'}")
     return 0 if ok(result) else 1
