@@ -253,7 +253,8 @@ def _fits(estimate: int, wait: float = 0.0) -> str | None:
 
 
 def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int, warmup: int, threads: int,
-          log: Callable[[str], None] = print, wait: float = 0.0) -> dict:
+          log: Callable[[str], None] = print, wait: float = 0.0,
+          checkpoint: Callable[[dict], None] | None = None) -> dict:
     """The probes of every trainer at every batch size that fits; see the module docstring."""
     plan_batch = int(data.plans()["configurations"][common.CONFIGURATION]["batch_size"])
     wanted = sorted({1, plan_batch} if batches is None else {1, *(int(b) for b in batches)})  # 1: the estimates
@@ -292,6 +293,12 @@ def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int
             else:
                 log(f"train: {variant} batch {batch}: {', '.join(f'{s:.1f}' for s in result['seconds'])} s/iteration, "
                     f"peak RSS {result['peak_rss_bytes'] / GIB:.2f} GiB")
+            if checkpoint is not None:
+                checkpoint(_train_summary(plan_batch, wanted, probes, skipped))
+    return _train_summary(plan_batch, wanted, probes, skipped)
+
+
+def _train_summary(plan_batch: int, wanted: list[int], probes: dict, skipped: dict) -> dict:
     ratios = {}
     for batch, by_variant in probes.items():
         kd, stock = by_variant.get("kd", {}), by_variant.get("stock_4ch", {})
@@ -387,7 +394,8 @@ def table(result: dict) -> str:
     p, tr, pr, m = result["plans"], result["train"], result.get("predict", {}), result["machine"]
     rows: list[tuple[str, str]] = [
         ("machine", f"{m['cpu_model']}, {m['usable_cpus']} CPUs, {m['memory_gib']} GiB RAM"),
-        ("load before / after (uptime)", f"{result['uptime_before']} / {result['uptime_after']}"),
+        ("load before / after (uptime)", f"{result['uptime_before']} / {result['uptime_after']}"
+                                         + ("" if result.get("complete") else " (run not finished)")),
         ("case grid", f"{result['size']} at {result['spacing']:g} mm, {result['cases']} cases; nnU-Net median shape "
                       f"after crop {p['median_image_size_in_voxels']}"),
         ("nnU-Net 3d_fullres plans", f"patch {p['patch_size']}, batch {p['batch_size']}, {p['n_stages']} stages "
@@ -445,25 +453,31 @@ def run(out: Path, cache: Path, size: Sequence[int], spacing: float, cases: int,
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["nnUNet_compile"] = "false"
-    result: dict = {"benchmark": "bench_brats_geometry", "size": list(size), "spacing": spacing, "cases": cases,
-                    "iterations": iterations, "warmup": warmup, "threads": threads, "uptime_before": uptime(),
-                    "available_gib_before": round(available_bytes() / GIB, 1)}
+    result: dict = {"benchmark": "bench_brats_geometry", "complete": False, "size": list(size), "spacing": spacing,
+                    "cases": cases, "iterations": iterations, "warmup": warmup, "threads": threads,
+                    "uptime_before": uptime(), "available_gib_before": round(available_bytes() / GIB, 1),
+                    "train": {"probes": {}, "skipped": {}, "ratios": {}, "estimated_peak_rss_bytes": {}}}
     log(f"load before: {result['uptime_before']}; {result['available_gib_before']} GiB available")
+
+    def save(**update: object) -> None:  # after every step, so that an interrupted run keeps its figures
+        result.update(update)
+        result["uptime_after"] = uptime()
+        result["machine"] = common.machine_info("cpu")
+        result["wall_seconds"] = time.perf_counter() - t_start
+        common.write_json(out / "bench_brats_geometry.json", result)
+        (out / "bench_brats_geometry.md").write_text(table(result) + "\n", encoding="utf-8")
+
     data, result["dataset_seconds"] = prepare(cache, size, spacing, cases, threads, log)
-    result["plans"] = planned(data)
+    save(plans=planned(data))
     log(f"plans: patch {result['plans']['patch_size']}, batch {result['plans']['batch_size']}, "
         f"{result['plans']['n_stages']} stages")
-    result["train"] = train(data, batches, iterations, warmup, threads, log, wait)
+    save(train=train(data, batches, iterations, warmup, threads, log, wait, lambda t: save(train=t)))
     try:
         result["predict"] = predict(data, threads, tta, log)
     except Exception as e:  # reported in the table; the training figures stay
         result["predict_error"] = f"{type(e).__name__}: {str(e).strip()[-500:]}"
         log(f"predict FAILED: {result['predict_error']}")
-    result["uptime_after"] = uptime()
-    result["machine"] = common.machine_info("cpu")
-    result["wall_seconds"] = time.perf_counter() - t_start
-    common.write_json(out / "bench_brats_geometry.json", result)
-    (out / "bench_brats_geometry.md").write_text(table(result) + "\n", encoding="utf-8")
+    save(complete=True)
     return result
 
 
