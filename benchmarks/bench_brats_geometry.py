@@ -64,11 +64,11 @@ BRATS_SIZE = (240, 240, 155)
 #: measured in this order at every batch size: the stock run's peak bounds the KD run's estimate
 TRAINERS = ("stock_4ch", "kd")
 ROOT = Path(__file__).resolve().parent.parent
-#: a probe or prediction ends itself when the machine's available memory falls below this
-WATCHDOG_MIN_AVAILABLE = int(1.5 * 2**30)
-#: a batch size runs only when its estimate plus this margin is available
-MARGIN_BYTES = 3 * 2**30
 GIB = 2**30
+#: ``min_available``: a probe or prediction ends itself when the machine's available memory falls below it (0: no
+#: watchdog); ``margin``: a training run starts only when its estimate plus this is available (``--min-available``,
+#: ``--margin``)
+GUARD = {"min_available": int(1.5 * GIB), "margin": 3 * GIB}
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -84,9 +84,10 @@ def available_bytes() -> int:
     return 0
 
 
-def start_watchdog(minimum: int = WATCHDOG_MIN_AVAILABLE, interval: float = 0.2) -> None:
+def start_watchdog(minimum: int | None = None, interval: float = 0.2) -> None:
     """End this process (exit 3, one line on stderr) when the machine's available memory falls below ``minimum``."""
-    if not available_bytes():
+    minimum = GUARD["min_available"] if minimum is None else minimum
+    if not available_bytes() or minimum <= 0:
         return
 
     def watch() -> None:
@@ -212,7 +213,7 @@ def probe_in_subprocess(variant: str, data: common.BenchData, batch: int, iterat
     """:func:`probe` in a fresh Python process; a failure (or the memory watchdog) gives ``{"error": ...}``."""
     cmd = [sys.executable, "-m", "benchmarks.bench_brats_geometry", "--probe", variant, "--data-root",
            str(data.root), "--batch-size", str(batch), "--iterations", str(iterations), "--warmup", str(warmup),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--min-available", str(GUARD["min_available"] / GIB)]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=common.subprocess_env(data, "cpu",
@@ -244,11 +245,11 @@ def _fits(estimate: int, wait: float = 0.0) -> str | None:
     deadline = time.monotonic() + wait
     while True:
         free = available_bytes()
-        if not free or free >= estimate + MARGIN_BYTES:
+        if not free or free >= estimate + GUARD["margin"]:
             return None
         if time.monotonic() >= deadline:
             return (f"needs ~{estimate / GIB:.1f} GiB peak RSS, {free / GIB:.1f} GiB available (< estimate + "
-                    f"{MARGIN_BYTES / GIB:.0f} GiB margin)" + (f" after waiting {wait:.0f} s" if wait else ""))
+                    f"{GUARD['margin'] / GIB:g} GiB margin)" + (f" after waiting {wait:.0f} s" if wait else ""))
         time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
 
 
@@ -266,8 +267,11 @@ def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int
             key = f"{variant}@{batch}"
             if batch == 1:
                 stock = probes.get("1", {}).get("stock_4ch", {})
-                estimate = (kd_estimate(stock), "2 x the stock run's increment") if (
-                    variant == "kd" and "peak_rss_bytes" in stock) else None
+                if variant == "kd":
+                    estimate = (kd_estimate(stock), "2 x the stock run's increment") if "peak_rss_bytes" in stock \
+                        else None
+                else:  # nothing measured yet: at least the margin
+                    estimate = (0, "first run, the margin alone")
             elif "peak_rss_bytes" not in first.get("kd", {}) or "peak_rss_bytes" not in first.get(variant, {}):
                 skipped[key] = "KD or this trainer did not run at batch 1: no estimate, nothing to compare"
                 continue
@@ -365,7 +369,8 @@ def predict(data: common.BenchData, threads: int, tta: bool, log: Callable[[str]
                 "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
         if not tta:
             args.append("--disable_tta")
-        cmd = [sys.executable, "-m", "benchmarks.bench_brats_geometry", "--run-predict", "--", *args]
+        cmd = [sys.executable, "-m", "benchmarks.bench_brats_geometry", "--run-predict",
+               str(GUARD["min_available"] / GIB), "--", *args]
         log(f"predict: {key} ({trainer}) ... ({available_bytes() / GIB:.1f} GiB available)")
         load_before = os.getloadavg()
         t0 = time.perf_counter()
@@ -498,8 +503,8 @@ def _size(text: str) -> tuple[int, int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--run-predict"]:  # internal: nnUNetv2_predict under the watchdog
-        rest = argv[1:]
-        return run_predict(rest[1:] if rest[:1] == ["--"] else rest)
+        GUARD["min_available"] = int(float(argv[1]) * GIB)
+        return run_predict(argv[3:] if argv[2:3] == ["--"] else argv[2:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_brats_geometry",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_output"), help="results folder")
@@ -515,11 +520,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="batch sizes to measure, e.g. 1,2 (default auto: 1 and the plans' batch if it fits)")
     parser.add_argument("--wait-memory", type=float, default=0.0, metavar="S",
                         help="wait up to S seconds for the memory a run needs before skipping it (default 0)")
+    parser.add_argument("--min-available", type=float, default=GUARD["min_available"] / GIB, metavar="GIB",
+                        help="a measurement stops itself when the machine's available memory falls below this "
+                             "(default 1.5; 0: no watchdog)")
+    parser.add_argument("--margin", type=float, default=GUARD["margin"] / GIB, metavar="GIB",
+                        help="a training run starts only when its estimated peak plus this is available (default 3)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in prediction (default off on CPU)")
     parser.add_argument("--probe", choices=TRAINERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    GUARD.update(min_available=int(args.min_available * GIB), margin=int(args.margin * GIB))
     if args.probe is not None:  # internal: one trainer in this fresh process, JSON on the last stdout line
         root = args.data_root.resolve()
         data = common.BenchData(root, root.name, root / "brats2021", root / "nnUNet_raw", root / "nnUNet_preprocessed",

@@ -29,11 +29,13 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.expensive  # 486 s on the 2-core VM at load ~10-28 (other work); run with PYTEST_ARGS="-m expensive"
 def test_pipeline_end_to_end_at_a_tiny_size(tmp_path: Path):
     """synth -> convert -> stock planning -> KD and stock iterations -> two predictions, geometry checked."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "benchmarks.bench_brats_geometry", "--out", str(out), "--size", "32,40,32",
-           "--spacing", "5", "--iterations", "1", "--warmup", "0", "--batches", "1"]
+           "--spacing", "5", "--iterations", "1", "--warmup", "0", "--batches", "1", "--min-available", "0",
+           "--margin", "0"]  # no memory guard: the tiny runs need little, and the test must not depend on the load
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = proc.stdout[proc.stdout.index("| measure"):]
