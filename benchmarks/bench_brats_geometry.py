@@ -68,7 +68,7 @@ GIB = 2**30
 #: ``min_available``: a probe or prediction ends itself when the machine's available memory falls below it (0: no
 #: watchdog); ``margin``: a training run starts only when its estimate plus this is available (``--min-available``,
 #: ``--margin``)
-GUARD = {"min_available": int(1.5 * GIB), "margin": 3 * GIB}
+GUARD = {"min_available": int(1.5 * GIB), "margin": 3 * GIB, "first_estimate": 0}
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -267,11 +267,12 @@ def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int
             key = f"{variant}@{batch}"
             if batch == 1:
                 stock = probes.get("1", {}).get("stock_4ch", {})
-                if variant == "kd":
-                    estimate = (kd_estimate(stock), "2 x the stock run's increment") if "peak_rss_bytes" in stock \
-                        else None
-                else:  # nothing measured yet: at least the margin
-                    estimate = (0, "first run, the margin alone")
+                if variant == "kd" and "peak_rss_bytes" not in stock:
+                    skipped[key] = "the stock run at batch 1 did not finish: no estimate to start KD on"
+                    log(f"train: kd batch 1 not run: {skipped[key]}")
+                    continue
+                estimate = ((kd_estimate(stock), "2 x the stock run's increment") if variant == "kd" else
+                            (GUARD["first_estimate"], "first run: --first-estimate"))
             elif "peak_rss_bytes" not in first.get("kd", {}) or "peak_rss_bytes" not in first.get(variant, {}):
                 skipped[key] = "KD or this trainer did not run at batch 1: no estimate, nothing to compare"
                 continue
@@ -399,7 +400,7 @@ def table(result: dict) -> str:
     p, tr, pr, m = result["plans"], result["train"], result.get("predict", {}), result["machine"]
     rows: list[tuple[str, str]] = [
         ("machine", f"{m['cpu_model']}, {m['usable_cpus']} CPUs, {m['memory_gib']} GiB RAM"),
-        ("load before / after (uptime)", f"{result['uptime_before']} / {result['uptime_after']}"
+        ("load before / after (uptime)", f"{result['uptime_before']} / {result.get('uptime_after', '-')}"
                                          + ("" if result.get("complete") else " (run not finished)")),
         ("case grid", f"{result['size']} at {result['spacing']:g} mm, {result['cases']} cases; nnU-Net median shape "
                       f"after crop {p['median_image_size_in_voxels']}"),
@@ -525,12 +526,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default 1.5; 0: no watchdog)")
     parser.add_argument("--margin", type=float, default=GUARD["margin"] / GIB, metavar="GIB",
                         help="a training run starts only when its estimated peak plus this is available (default 3)")
+    parser.add_argument("--first-estimate", type=float, default=0.0, metavar="GIB",
+                        help="expected peak RSS of the first run (stock, batch 1), for the memory guard (default 0; "
+                             "7 at BraTS plans: ~1 GiB of imports + ~5 GiB of activations at 128^3, fp32)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in prediction (default off on CPU)")
     parser.add_argument("--probe", choices=TRAINERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    GUARD.update(min_available=int(args.min_available * GIB), margin=int(args.margin * GIB))
+    GUARD.update(min_available=int(args.min_available * GIB), margin=int(args.margin * GIB),
+                 first_estimate=int(args.first_estimate * GIB))
     if args.probe is not None:  # internal: one trainer in this fresh process, JSON on the last stdout line
         root = args.data_root.resolve()
         data = common.BenchData(root, root.name, root / "brats2021", root / "nnUNet_raw", root / "nnUNet_preprocessed",

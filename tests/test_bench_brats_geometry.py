@@ -102,3 +102,27 @@ def test_each_run_only_when_its_estimate_fits(monkeypatch):
     assert result["skipped"]["kd@1"] == ("needs ~5.5 GiB peak RSS, 8.0 GiB available (< estimate + 3 GiB margin) "
                                          "(2 x the stock run's increment)")
     assert set(result["skipped"]) == {"kd@1", "kd@2", "stock_4ch@2"}
+
+
+def test_kd_waits_for_the_stock_estimate(monkeypatch):
+    """A stock batch-1 run that did not finish (e.g. stopped by the memory watchdog) leaves KD unrun, with the reason."""
+    calls: list = []
+
+    def stopped(variant, data, batch, iterations, warmup, threads):
+        calls.append((variant, batch))
+        return {"variant": variant, "batch": batch, "error": "exit 3: available memory fell to 1.2 GiB"}
+
+    monkeypatch.setattr(bench, "probe_in_subprocess", stopped)
+    monkeypatch.setattr(bench, "available_bytes", lambda: 20 * GIB)
+    result = bench.train(_Plans(2), None, 2, 1, 1, log=lambda _m: None)
+    assert calls == [("stock_4ch", 1)] and not result["ratios"]
+    assert "did not finish" in result["skipped"]["kd@1"] and set(result["skipped"]) == {"kd@1", "kd@2", "stock_4ch@2"}
+    assert "| stock_4ch batch 1 " in bench.table({**_table_stub(), "train": result})
+
+
+def _table_stub() -> dict:
+    plans = {"patch_size": [128] * 3, "batch_size": 2, "n_stages": 6, "features_per_stage": [32, 320],
+             "spacing": [1.0] * 3, "median_image_size_in_voxels": [150, 180, 150]}
+    return {"machine": {"cpu_model": "cpu", "usable_cpus": 2, "memory_gib": 23.5}, "uptime_before": "load average: 1",
+            "size": [240, 240, 155], "spacing": 1.0, "cases": 2, "plans": plans, "dataset_seconds": {"synth": 1.0},
+            "threads": 1}
