@@ -229,6 +229,14 @@ def probe_in_subprocess(variant: str, data: common.BenchData, batch: int, iterat
     return result
 
 
+def _watchdog_peak(result: dict) -> int | None:
+    """The peak RSS a probe had reached when the memory watchdog stopped it, or None if it was not stopped so."""
+    import re
+
+    found = re.search(r"available memory fell to .*peak RSS so far ([0-9.]+) GiB", result.get("error", ""))
+    return int(float(found.group(1)) * GIB) if found else None
+
+
 def batch_estimate(result: dict, batch: int) -> int:
     """Peak RSS of a batch-1 probe's trainer at ``batch``: the batch-dependent part (peak - built) per sample."""
     return int(result["peak_rss_bytes"] + (batch - 1) * (result["peak_rss_bytes"] - result["built_rss_bytes"]))
@@ -292,6 +300,15 @@ def train(data: common.BenchData, batches: Sequence[int] | None, iterations: int
             log(f"train: {variant} batch {batch}, {warmup} warm-up + {iterations} iterations "
                 f"({available_bytes() / GIB:.1f} GiB available) ...")
             result = probe_in_subprocess(variant, data, batch, iterations, warmup, threads)
+            stopped = _watchdog_peak(result)
+            if stopped is not None and wait > 0:  # other work took the memory: wait for what it had reached, once
+                need = max(stopped, estimate[0] if estimate is not None else 0)
+                log(f"train: {variant} batch {batch} stopped by the memory watchdog at {stopped / GIB:.2f} GiB; "
+                    f"waiting up to {wait:.0f} s for {(need + GUARD['margin']) / GIB:.1f} GiB, then once more")
+                if _fits(need, wait) is None:
+                    first_try = result
+                    result = probe_in_subprocess(variant, data, batch, iterations, warmup, threads)
+                    result["first_try"] = first_try
             probes.setdefault(str(batch), {})[variant] = result
             if "error" in result:
                 log(f"train: {variant} batch {batch} FAILED: {result['error']}")

@@ -126,3 +126,22 @@ def _table_stub() -> dict:
     return {"machine": {"cpu_model": "cpu", "usable_cpus": 2, "memory_gib": 23.5}, "uptime_before": "load average: 1",
             "size": [240, 240, 155], "spacing": 1.0, "cases": 2, "plans": plans, "dataset_seconds": {"synth": 1.0},
             "threads": 1}
+
+
+def test_a_run_stopped_by_the_watchdog_is_retried_once_when_memory_returns(monkeypatch):
+    calls: list = []
+    fake = _fake_probe(calls)
+
+    def first_stopped(variant, data, batch, iterations, warmup, threads):
+        if not calls:
+            calls.append((variant, batch))
+            return {"variant": variant, "batch": batch, "error": "exit 3: bench_brats_geometry: available memory fell "
+                    "to 1.41 GiB; stopping this measurement (peak RSS so far 5.57 GiB)"}
+        return fake(variant, data, batch, iterations, warmup, threads)
+
+    monkeypatch.setattr(bench, "probe_in_subprocess", first_stopped)
+    monkeypatch.setattr(bench, "available_bytes", lambda: 9 * GIB)  # 5.57 + 3 fits
+    result = bench.train(_Plans(1), None, 2, 1, 1, log=lambda _m: None, wait=1)
+    assert calls == [("stock_4ch", 1), ("stock_4ch", 1), ("kd", 1)]
+    stock = result["probes"]["1"]["stock_4ch"]
+    assert "error" not in stock and "5.57 GiB" in stock["first_try"]["error"] and set(result["ratios"]) == {"1"}
