@@ -472,11 +472,11 @@ def table(result: dict) -> str:
 
 def run(out: Path, cache: Path, size: Sequence[int], spacing: float, cases: int, iterations: int, warmup: int,
         threads: int, batches: Sequence[int] | None, tta: bool, log: Callable[[str], None] = print,
-        wait: float = 0.0) -> dict:
+        wait: float = 0.0, steps: Sequence[str] = ("train", "predict")) -> dict:
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["nnUNet_compile"] = "false"
-    result: dict = {"benchmark": "bench_brats_geometry", "complete": False, "size": list(size), "spacing": spacing,
+    result: dict = {"benchmark": "bench_brats_geometry", "complete": False, "steps": list(steps), "size": list(size), "spacing": spacing,
                     "cases": cases, "iterations": iterations, "warmup": warmup, "threads": threads,
                     "uptime_before": uptime(), "available_gib_before": round(available_bytes() / GIB, 1),
                     "train": {"probes": {}, "skipped": {}, "ratios": {}, "estimated_peak_rss_bytes": {}}}
@@ -494,12 +494,14 @@ def run(out: Path, cache: Path, size: Sequence[int], spacing: float, cases: int,
     save(plans=planned(data))
     log(f"plans: patch {result['plans']['patch_size']}, batch {result['plans']['batch_size']}, "
         f"{result['plans']['n_stages']} stages")
-    save(train=train(data, batches, iterations, warmup, threads, log, wait, lambda t: save(train=t)))
-    try:
-        result["predict"] = predict(data, threads, tta, log)
-    except Exception as e:  # reported in the table; the training figures stay
-        result["predict_error"] = f"{type(e).__name__}: {str(e).strip()[-500:]}"
-        log(f"predict FAILED: {result['predict_error']}")
+    if "train" in steps:
+        save(train=train(data, batches, iterations, warmup, threads, log, wait, lambda t: save(train=t)))
+    if "predict" in steps:
+        try:
+            result["predict"] = predict(data, threads, tta, log)
+        except Exception as e:  # reported in the table; the training figures stay
+            result["predict_error"] = f"{type(e).__name__}: {str(e).strip()[-500:]}"
+            log(f"predict FAILED: {result['predict_error']}")
     save(complete=True)
     return result
 
@@ -508,8 +510,9 @@ def ok(result: dict) -> bool:
     """Every training probe that ran succeeded, and both predictions have the input's geometry."""
     probes_ok = all("error" not in r for by in result["train"]["probes"].values() for r in by.values())
     pr = result.get("predict")
-    return probes_ok and bool(result["train"]["ratios"]) and pr is not None and all(
-        m["geometry_equal"] for m in pr["models"].values())
+    steps = result.get("steps", ["train", "predict"])
+    return (probes_ok and (bool(result["train"]["ratios"]) or "train" not in steps)) and (
+        "predict" not in steps or (pr is not None and all(m["geometry_equal"] for m in pr["models"].values())))
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -546,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first-estimate", type=float, default=0.0, metavar="GIB",
                         help="expected peak RSS of the first run (stock, batch 1), for the memory guard (default 0; "
                              "7 at BraTS plans: ~1 GiB of imports + ~5 GiB of activations at 128^3, fp32)")
+    parser.add_argument("--steps", default="train,predict", choices=["train,predict", "train", "predict"],
+                        help="what to measure after the dataset (default both)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in prediction (default off on CPU)")
     parser.add_argument("--probe", choices=TRAINERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
@@ -564,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = None if args.batches == "auto" else [int(b) for b in args.batches.split(",") if b.strip()]
     cache = args.cache if args.cache is not None else args.out / "_data"
     result = run(args.out, cache, args.size, args.spacing, args.cases, args.iterations, args.warmup, args.threads,
-                 batches, args.tta, wait=args.wait_memory)
+                 batches, args.tta, wait=args.wait_memory, steps=args.steps.split(","))
     print(table(result))
     print(f"wrote {args.out / 'bench_brats_geometry.json'} and {args.out / 'bench_brats_geometry.md'}")
     return 0 if ok(result) else 1
