@@ -97,10 +97,25 @@ def start_watchdog(minimum: int | None = None, interval: float = 0.2) -> None:
                 sys.stderr.write(f"bench_brats_geometry: available memory fell to {free / GIB:.2f} GiB; stopping this "
                                  f"measurement (peak RSS so far {common.peak_rss_bytes() / GIB:.2f} GiB)\n")
                 sys.stderr.flush()
+                _kill_children()  # nnU-Net's worker processes would hold the caller's pipes open
                 os._exit(3)
             time.sleep(interval)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _kill_children() -> None:
+    """SIGKILL every direct child process of this one (from /proc: nnU-Net's pools are not ours to reach)."""
+    import signal
+
+    me = str(os.getpid())
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("PPid:"))
+            if ppid == me:
+                os.kill(int(status.parent.name), signal.SIGKILL)
+        except (OSError, StopIteration, ValueError):
+            continue
 
 
 def uptime() -> str:
