@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.expensive  # 486 s on the 2-core VM at load ~10-28 (other work); run with PYTEST_ARGS="-m expensive"
+@pytest.mark.expensive  # passed in 398 s on the 2-core VM at load ~7 (other work); run with PYTEST_ARGS="-m expensive"
 def test_pipeline_end_to_end_at_a_tiny_size(tmp_path: Path):
     """synth -> convert -> stock planning -> KD and stock iterations -> two predictions, geometry checked."""
     out = tmp_path / "out"
