@@ -174,10 +174,14 @@ def _template() -> _Template:
 
 
 @functools.lru_cache(maxsize=2)
-def _anatomy(shape: tuple[int, int, int]) -> _Anatomy:
-    """The template prepared for sampling on ``shape``: the brain's bounding box (+2 mm) fills the grid."""
+def _anatomy(shape: tuple[int, int, int], spacing_mm: float | None = None) -> _Anatomy:
+    """The template prepared for sampling on ``shape``: the brain's bounding box (+2 mm) fills the grid, or, with
+    ``spacing_mm``, isotropic voxels of that size centred on the brain (a BraTS grid: 240x240x155 at 1 mm)."""
     tpl = _template()
-    spacing = (tpl.extent + 4.0) / np.asarray(shape)  # 1 mm * cropped template shape / shape
+    if spacing_mm is None:
+        spacing = (tpl.extent + 4.0) / np.asarray(shape)  # 1 mm * cropped template shape / shape
+    else:
+        spacing = np.full(3, float(spacing_mm))
     sigma = 0.4 * np.sqrt(np.maximum(spacing**2 - 1.0, 0.0))  # anti-aliasing before sampling coarser than 1 mm
     maps = np.stack([ndimage.gaussian_filter(m, sigma) for m in tpl.maps]) if sigma.max() > 0.05 else tpl.maps
     grid_to_crop = np.diag([*spacing, 1.0])
@@ -347,6 +351,19 @@ def check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def check_spacing(spacing: float | None) -> float | None:
+    """``None`` (the brain fills the grid) or a finite voxel size in mm, > 0."""
+    if spacing is None:
+        return None
+    try:
+        value = float(spacing)
+    except (TypeError, ValueError):
+        raise NnunetKDError(f"voxel spacing {spacing!r} is not a number (mm)") from None
+    if not np.isfinite(value) or value <= 0:
+        raise NnunetKDError(f"voxel spacing {spacing!r} mm must be a positive number")
+    return value
+
+
 def _render(rng: np.random.Generator, fractions: dict[str, np.ndarray], brain: np.ndarray,
             shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     tumour = fractions["edema"] + fractions["necrosis"] + fractions["enhancing"]
@@ -368,12 +385,15 @@ def _render(rng: np.random.Generator, fractions: dict[str, np.ndarray], brain: n
 
 
 def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bool = True,
-              resection_cavity: bool = False, cystic_component: bool = False) -> SyntheticCase:
-    """One synthetic BraTS-like case, deterministic in ``(seed, shape)``.
+              resection_cavity: bool = False, cystic_component: bool = False,
+              spacing: float | None = None) -> SyntheticCase:
+    """One synthetic BraTS-like case, deterministic in ``(seed, shape, spacing)``.
 
     The four images (keys :data:`nnunet_kd.brats.MODALITIES`) and the canonical label map share the grid
     ``shape``; the affine is RAS, its spacing (mm) is the brain's bounding box in the 1 mm template (plus 2 mm)
-    divided by ``shape``, so that the brain fills the grid.
+    divided by ``shape``, so that the brain fills the grid; or, given ``spacing`` (mm, isotropic), that spacing
+    with the grid centred on the brain (a brain-sized BraTS grid is ``(240, 240, 155)`` at ``spacing=1.0``; a
+    grid smaller than the brain cuts it off).
     ``labeled=False`` still paints a tumour but returns ``seg=None`` (an unlabelled case).
     ``resection_cavity=True`` adds a fluid-filled cavity (label 4, CSF contrast) next to the tumour; cases
     without it are the same as before for the same seed. ``cystic_component=True`` (not with
@@ -384,7 +404,7 @@ def make_case(seed: int, shape: tuple[int, int, int] = (64, 64, 64), labeled: bo
         raise NnunetKDError("a synthetic case has a resection cavity or a cystic component (both are label 4), "
                             "not both")
     shape = check_shape(shape)
-    anat = _anatomy(shape)
+    anat = _anatomy(shape, check_spacing(spacing))
     rng = np.random.default_rng(int(seed))
 
     coords = _deformed_coordinates(rng, anat, shape)
@@ -462,7 +482,7 @@ def _write_case(case: SyntheticCase, folder: Path, cid: str, layout: ReleaseLayo
 
 def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed: int = 0,
                        shape: tuple[int, int, int] = (64, 64, 64), unlabeled: int = 0,
-                       progress: bool = True, overwrite: bool = False) -> list[str]:
+                       progress: bool = True, overwrite: bool = False, spacing: float | None = None) -> list[str]:
     """Write ``n_cases`` labelled and ``unlabeled`` unlabelled synthetic cases as a BraTS release folder.
 
     Layout ``"2021"``: ``OUT/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`` with labels
@@ -471,12 +491,14 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
     (``BraTS-MEN-XXXXX-000``); ``"2024-gli"``: ``BraTS-GLI-XXXXX-100`` with a resection cavity, labels NETC 1,
     SNFH 2, ET 3, RC 4 (``convert-brats`` recognises it as post-treatment when a folder name contains 2024, or
     with ``--layout 2024-gli``); ``"2024-ped"``: ``BraTS-PED-XXXXX-000`` with a cystic component, labels ET 1,
-    NET 2, CC 3, ED 4 (``convert-brats`` needs a folder name with 2024, or ``--layout 2024-ped``). Unlabelled cases follow the labelled ids and have no seg file. Case
-    ``i`` is ``make_case(case_seed(seed, i), shape)``. The folder is built next to ``out`` and renamed into
+    NET 2, CC 3, ED 4 (``convert-brats`` needs a folder name with 2024, or ``--layout 2024-ped``). Unlabelled
+    cases follow the labelled ids and have no seg file. Case ``i`` is ``make_case(case_seed(seed, i), shape,
+    spacing=spacing)``. The folder is built next to ``out`` and renamed into
     place; an existing non-empty ``out`` is an error unless ``overwrite``. Returns the case ids written.
     """
     spec = _layout(layout)
     shape = check_shape(shape)
+    spacing = check_spacing(spacing)
     n_cases, unlabeled = int(n_cases), int(unlabeled)
     if n_cases < 0 or unlabeled < 0 or n_cases + unlabeled < 1:
         raise NnunetKDError(f"need at least one case (got {n_cases} labelled, {unlabeled} unlabelled)")
@@ -503,7 +525,7 @@ def write_brats_folder(out: str | Path, n_cases: int, layout: str = "2021", seed
             iterator = tqdm(iterator, desc=f"synthetic BraTS {layout}", unit="case")
         for i in iterator:
             case = make_case(case_seed(seed, i), shape, labeled=i < n_cases, resection_cavity=spec.resection_cavity,
-                             cystic_component=spec.cystic_component)
+                             cystic_component=spec.cystic_component, spacing=spacing)
             _write_case(case, tmp / ids[i], ids[i], spec)
     return ids
 

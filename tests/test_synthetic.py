@@ -151,6 +151,29 @@ def test_bad_shape_is_a_clear_error(shape):
         make_case(0, shape)
 
 
+def test_fixed_spacing_centres_a_grid_larger_than_the_brain_on_it():
+    """``spacing``: isotropic voxels of that size (a BraTS grid is 240x240x155 at 1 mm), the brain inside the grid."""
+    shape = (48, 56, 40)
+    case = make_case(0, shape, spacing=4.0)  # 192 x 224 x 160 mm around a brain of about 149 x 185 x 159 mm
+    np.testing.assert_allclose(_spacing(case), [4.0, 4.0, 4.0])
+    assert case.seg.shape == shape and all((case.seg == label).any() for label in (EDEMA, NECROSIS, ENHANCING))
+    inside = np.argwhere(case.brain_mask)
+    lo, hi = inside.min(0), inside.max(0)
+    assert lo[0] >= 2 and lo[1] >= 2 and hi[0] <= shape[0] - 3 and hi[1] <= shape[1] - 3  # background in x and y
+    default = make_case(0, shape)  # without spacing the brain's bounding box fills the grid, as before
+    assert not np.allclose(_spacing(default), 4.0)
+    brain_centre = default.affine @ np.array([*(np.asarray(shape) - 1) / 2, 1.0])
+    centre = case.affine @ np.array([*(lo + hi) / 2, 1.0])
+    assert np.all(np.abs(centre[:3] - brain_centre[:3]) < 8.0)  # the same brain centre, within 2 voxels
+
+
+@pytest.mark.parametrize("spacing", [0, -1.0, float("nan"), "one"])
+def test_bad_spacing_is_a_clear_error(tmp_path, spacing):
+    with pytest.raises(NnunetKDError, match="spacing"):
+        write_brats_folder(tmp_path / "out", 1, shape=(32, 32, 32), spacing=spacing, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ release folders
 
 WRITE_SHAPE = (32, 32, 32)
@@ -281,6 +304,17 @@ def test_cli_writes_a_folder_and_parses_the_shape(tmp_path, capsys):
 
     rc = main(["synth", str(out), "--cases", "1", "--shape", "32", "--overwrite", "--no-progress"])
     assert rc == 0 and sorted(p.name for p in out.iterdir()) == ["BraTS2021_00000"]
+
+
+def test_cli_spacing_writes_that_voxel_size(tmp_path, capsys):
+    out = tmp_path / "spaced"
+    assert main(["synth", str(out), "--cases", "1", "--shape", "40,48,40", "--spacing", "4.5", "--no-progress"]) == 0
+    assert "4.5 mm" in capsys.readouterr().out
+    image = nib.load(out / "BraTS2021_00000" / "BraTS2021_00000_t1ce.nii.gz")
+    np.testing.assert_allclose(image.header.get_zooms(), [4.5, 4.5, 4.5])
+    assert main(["synth", str(tmp_path / "bad"), "--cases", "1", "--spacing", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "spacing" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_cli_rejects_a_malformed_shape(tmp_path, capsys):

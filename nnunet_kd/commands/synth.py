@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the whole folder (default: 0)")
     parser.add_argument("--shape", type=parse_shape, default=(64, 64, 64), metavar="X[,Y,Z]",
                         help="grid size, e.g. 64 or 64,64,48 (default: 64)")
+    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+                        help="isotropic voxel size in mm, the grid centred on the brain (e.g. --shape 240,240,155 "
+                             "--spacing 1 for BraTS geometry); default: the brain's bounding box fills the grid")
     parser.add_argument("--unlabeled", type=int, default=0, metavar="K",
                         help="extra cases without a seg file, numbered after the labelled ones (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
@@ -58,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_kd.synthetic import write_brats_folder
 
     ids = write_brats_folder(args.out, args.cases, layout=args.layout, seed=args.seed, shape=args.shape,
-                             unlabeled=args.unlabeled, progress=not args.no_progress, overwrite=args.overwrite)
+                             unlabeled=args.unlabeled, progress=not args.no_progress, overwrite=args.overwrite,
+                             spacing=args.spacing)
     print(f"wrote {len(ids)} synthetic cases ({args.unlabeled} unlabelled, BraTS {args.layout} layout, "
-          f"shape {'x'.join(map(str, args.shape))}) to {args.out}")
+          f"shape {'x'.join(map(str, args.shape))}"
+          + (f", {args.spacing:g} mm" if args.spacing is not None else "") + f") to {args.out}")
     return 0
