@@ -9,7 +9,7 @@ Steps (each timed; a failing step is reported as FAIL in the table and the run e
 
 1. ``dataset``: :func:`benchmarks.common.prepare_dataset` (synthetic release -> ``convert_brats`` -> stock
    ``nnUNetv2_plan_and_preprocess``), reused from ``--cache`` when already built;
-2. ``train``: the real ``nnUNetv2_train`` with ``nnUNetTrainerBarlowKD_smoke`` (2 epochs x 2 iterations and the
+2. ``train``: the real ``nnUNetv2_train`` with ``nnUNetTrainerBarlowKD_smoke`` (2 epochs x 1 iteration and the
    final validation) into a fresh results folder. On CUDA nnU-Net's own defaults hold: autocast in every step,
    ``torch.compile`` on (``nnUNet_compile`` is not touched; the check reads "Using torch.compile" in the log);
 3. ``train_step``: :mod:`benchmarks.bench_train_step`: KD step / stock 4-channel step, KD / (4-ch + 2-ch), peak

@@ -53,6 +53,9 @@ class NnunetEnv:
     dataset_id: int = DATASET_ID
     dataset_name: str = DATASET_NAME
     env: dict[str, str] = field(default_factory=dict)
+    #: The ``nnUNetv2_train`` runs :meth:`ensure_trained` made in this session, by (trainer, fold): tests that check
+    #: what a training printed read it here instead of training the same model again.
+    training_runs: dict[tuple[str, str], subprocess.CompletedProcess] = field(default_factory=dict)
 
     @property
     def dataset_raw(self) -> Path:
@@ -76,9 +79,16 @@ class NnunetEnv:
         """Train ``trainer`` with nnUNetv2_train unless this session already did (shared between modules)."""
         folder = self.model_folder(trainer)
         if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            self.run(str(BIN / "nnUNetv2_train"), str(self.dataset_id), "3d_fullres", fold, "-tr", trainer,
-                     "-device", "cpu")
+            self.training_runs[(trainer, fold)] = self.run(str(BIN / "nnUNetv2_train"), str(self.dataset_id),
+                                                           "3d_fullres", fold, "-tr", trainer, "-device", "cpu")
         return folder
+
+    def training_run(self, trainer: str, fold: str = "0") -> subprocess.CompletedProcess:
+        """The session's ``nnUNetv2_train`` run of ``trainer`` (output captured), made now if none was made yet."""
+        if (trainer, fold) not in self.training_runs:
+            (self.model_folder(trainer) / f"fold_{fold}" / "checkpoint_final.pth").unlink(missing_ok=True)
+            self.ensure_trained(trainer, fold)
+        return self.training_runs[(trainer, fold)]
 
     def make_trainer(self, name: str, monkeypatch: pytest.MonkeyPatch, fold: int = 0):
         """An (uninitialised) trainer built in this process the way nnUNetv2_train builds it, on the CPU."""

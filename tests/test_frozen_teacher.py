@@ -37,9 +37,7 @@ def load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def teacher(nnunet_env: NnunetEnv) -> Path:
     """A stock 4-channel nnUNetTrainer_smoke model (fold 0), named as teacher with the installed console script."""
-    folder = nnunet_env.model_folder(TEACHER)
-    if not (folder / "fold_0" / "checkpoint_final.pth").is_file():  # other modules may have trained it already
-        train(nnunet_env, TEACHER)
+    folder = nnunet_env.ensure_trained(TEACHER)  # shared with test_registration.py
     proc = nnunet_env.run(str(BIN / "nnunet-kd"), "set-teacher", "-d", str(nnunet_env.dataset_id), "-c",
                           "3d_fullres", "--teacher-trainer", TEACHER)
     assert str(config_file(nnunet_env)) in proc.stdout

@@ -87,8 +87,9 @@ def test_train_losses_is_the_students_ds_loss_and_each_term_is_logged(nnunet_env
     batch = random_batch(trainer)
     with torch.no_grad():  # independent reference: nnU-Net's DS loss of the student on its two channels
         expected = float(trainer.loss(trainer.network(batch["data"][:, [1, 3]]), batch["target"]))
-    outputs = [trainer.train_step(batch)]
+    outputs = [trainer.train_step(batch), trainer.train_step(random_batch(trainer, seed=1))]  # logs: epoch means
     assert float(outputs[0]["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(outputs[0]["loss"]) != pytest.approx(float(outputs[1]["loss"]), rel=1e-5)  # a mean, not a copy
     for out in outputs:
         assert out["kd_total_loss"] == pytest.approx(out["student_seg_loss"] + out["teacher_seg_loss"]
                                                      + trainer.barlow_weight * out["barlow_loss"], rel=1e-5)

@@ -221,11 +221,15 @@ def test_predict_matches_stock_nnunet_per_group_and_continues(nnunet_env: Nnunet
     for case, name in ((cases[0], "kd"), (cases[1], "sub"), (cases[2], "kd")):
         assert np.array_equal(_seg(out / f"{case}.nii.gz"), _seg(stock_out / name / f"{case}.nii.gz")), case
 
-    # --continue: finished cases are skipped; a removed one and one routed elsewhere are predicted again
+    # --continue: finished cases are skipped; a removed one and one routed elsewhere are predicted again;
+    # this run uses nnU-Net's sequential prediction (-npp 0 -nps 0: no worker processes to start)
     before = {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in cases}
     (out / f"{cases[0]}.nii.gz").unlink()
-    proc = nnunet_env.run(*argv[:-1], f"T1ce,T2,FLAIR={any_subset}", "--continue")
+    sequential = argv[:-1]
+    sequential[sequential.index("-npp") + 1] = sequential[sequential.index("-nps") + 1] = "0"
+    proc = nnunet_env.run(*sequential, f"T1ce,T2,FLAIR={any_subset}", "--continue")
     assert "2 case(s) predicted, 1 already finished (--continue)" in proc.stdout
+    assert np.array_equal(_seg(out / f"{cases[0]}.nii.gz"), _seg(stock_out / "kd" / f"{cases[0]}.nii.gz"))
     assert (out / f"{cases[1]}.nii.gz").stat().st_mtime_ns == before[cases[1]]
     assert (out / f"{cases[2]}.nii.gz").stat().st_mtime_ns != before[cases[2]]
     assert json.loads((out / "routing.json").read_text())["cases"][cases[2]]["model_folder"] == str(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -108,10 +109,12 @@ def test_console_script_ext_path():
 
 @pytest.mark.slow
 def test_nnunetv2_train_finds_and_runs_smoke_trainer(nnunet_env: NnunetEnv):
-    proc = nnunet_env.run(str(BIN / "nnUNetv2_train"), str(nnunet_env.dataset_id), "3d_fullres", "1", "-tr",
-                          "nnUNetTrainer_smoke", "-device", "cpu")
+    # the session's nnUNetv2_train run of this model (the teacher of test_frozen_teacher.py), not a second training
+    proc = nnunet_env.training_run("nnUNetTrainer_smoke")
+    assert proc.args[1:] == [str(nnunet_env.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainer_smoke", "-device",
+                             "cpu"] and Path(proc.args[0]).name == "nnUNetv2_train"
     assert f"Using trainer 'nnUNetTrainer_smoke' from: {trainer_registry_folder()}" in proc.stdout
-    fold = nnunet_env.model_folder("nnUNetTrainer_smoke") / "fold_1"
+    fold = nnunet_env.model_folder("nnUNetTrainer_smoke") / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     assert (fold / "validation" / "summary.json").is_file()
 

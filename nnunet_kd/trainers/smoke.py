@@ -12,10 +12,15 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class SmokeSchedule:
-    """2 epochs x 2 iterations, 1 validation iteration, a checkpoint every epoch, no mirroring at inference."""
+    """2 epochs x 1 iteration, 1 validation iteration, a checkpoint every epoch, no mirroring at inference.
+
+    One training step per epoch because the test suite trains about 20 ``_smoke`` models and a step costs seconds
+    on a CPU; two epochs stay, so that per-epoch logs, checkpoints and resuming (``--c``) are exercised. The
+    per-epoch means over several steps are tested in-process (tests/test_kd_train_step.py).
+    """
 
     smoke_epochs = 2
-    smoke_iterations = 2
+    smoke_iterations = 1
     smoke_val_iterations = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
