@@ -117,21 +117,7 @@ def _cases(n_random: int, n_full: int):
     yield "missed_only", np.zeros_like(gt), gt, one
     yield "fp_only", gt, np.zeros_like(gt), one
     for seed in range(n_random):
-        rng = np.random.default_rng(seed)
-        shape = (28, 30, 32)
-
-        def blobs(n: int, rng=rng, shape=shape) -> np.ndarray:
-            seg = np.zeros(shape, np.uint8)
-            for _ in range(n):
-                lo = rng.integers(0, np.array(shape) - 3)
-                t.box(seg, int(rng.integers(1, 5)), lo, np.minimum(lo + rng.integers(2, 7, size=3), shape))
-            return seg
-
-        gt = blobs(14)
-        pred = gt.copy()
-        pred[rng.random(shape) < 0.08] = 0
-        noise = blobs(6)
-        pred[noise > 0] = noise[noise > 0]
+        pred, gt = t.random_post_treatment_pair(seed)
         yield f"random{seed}", pred, gt, (one if seed % 2 == 0 else (1.5, 0.9, 0.9))
     for seed in range(1, n_full + 1):
         from scipy import ndimage

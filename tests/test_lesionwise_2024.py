@@ -248,10 +248,10 @@ def test_lesion_numbering_is_cc3d_s_on_the_nifti_array():
         assert n > 3 and np.array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("seed,spacing", [(0, (1.0, 1.0, 1.0)), (1, (1.5, 0.9, 0.9)), (2, (1.0, 1.0, 1.0))])
-def test_random_post_treatment_volumes_match_reference(seed, spacing):
+def random_post_treatment_pair(seed: int, shape: tuple[int, int, int] = (28, 30, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, reference) in release labels: 14 random boxes of labels 1-4, the prediction with 8 % of its
+    voxels cleared and 6 more random boxes painted over (also used by benchmarks/check_brats2024_reference.py)."""
     rng = np.random.default_rng(seed)
-    shape = (28, 30, 32)
 
     def blobs(n_blobs: int) -> np.ndarray:
         seg = np.zeros(shape, np.uint8)
@@ -267,6 +267,12 @@ def test_random_post_treatment_volumes_match_reference(seed, spacing):
     pred[rng.random(shape) < 0.08] = 0
     noise = blobs(6)
     pred[noise > 0] = noise[noise > 0]
+    return pred, gt
+
+
+@pytest.mark.parametrize("seed,spacing", [(0, (1.0, 1.0, 1.0)), (1, (1.5, 0.9, 0.9)), (2, (1.0, 1.0, 1.0))])
+def test_random_post_treatment_volumes_match_reference(seed, spacing):
+    pred, gt = random_post_treatment_pair(seed)
     assert_matches_reference(pred, gt, spacing)
 
 
