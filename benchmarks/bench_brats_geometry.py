@@ -381,7 +381,7 @@ def predict(data: common.BenchData, threads: int, tta: bool, log: Callable[[str]
     import SimpleITK as sitk
 
     from benchmarks.bench_inference import OURS, STOCK, input_folder, write_model_folders
-    from nnunet_kd.dataset_conversion._io import geometry_mismatch
+    from nnunet_kd.nifti import geometry_mismatch
 
     common.activate(data, "cpu")
     work = data.root / "predict"

@@ -173,6 +173,15 @@ def test_evaluate_subsets_scores_the_cavity_of_a_post_treatment_dataset(post, tm
                  "T1ce", "-device", "cpu", "-npp", "0", "-nps", "0"]) == 0
     assert json.loads((out / "subsets" / "T1ce" / "evaluation" / "summary.json").read_text())[
         "dataset_kind"] == "GLI-POST"
+    # nor a GLI-POST evaluation scored with another lesion-wise procedure (the 2023 one, GLI-POST task 3 / 20 mm^3)
+    lesion_2023 = {"procedure": "brats2023", "connectivity": 26, "dilation_iterations": 3,
+                   "dilation_structure": "18-connected", "volume_threshold_mm3": 20.0, "hd95_penalty_mm": 374.0}
+    (out / "subsets" / "T1ce" / "evaluation" / "summary.json").write_text(json.dumps(
+        {**summary, "lesion_wise": lesion_2023}))
+    assert main(["evaluate-subsets", str(model), str(post["images"]), str(labels), "-o", str(out), "--subsets",
+                 "T1ce", "-device", "cpu", "-npp", "0", "-nps", "0"]) == 0
+    assert json.loads((out / "subsets" / "T1ce" / "evaluation" / "summary.json").read_text())[
+        "lesion_wise"]["procedure"] == "brats2024-gli-post"
 
 
 # ------------------------------------------------------------------------------ evaluate --group-by-routing

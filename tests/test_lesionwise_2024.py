@@ -320,3 +320,28 @@ def test_cli_evaluate_uses_the_2024_procedure_for_gli_post(tmp_path):
     refused = _cli("evaluate", str(pred_dir), str(gt_dir), "-o", str(tmp_path / "bad"), "--lesion-dilation", "2")
     assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
     assert "--lesion-dilation" in refused.stderr and not (tmp_path / "bad").exists()
+
+
+def test_cli_refuses_the_2024_procedure_for_a_kind_with_other_region_labels(tmp_path):
+    """PED-2024's WT/TC include label 4 (the cyst): the post-treatment procedure would score other regions than the
+    kind's, so ``--task GLI-POST`` on it stops in one line before anything is written."""
+    from nnunet_kd import brats
+
+    gt = np.zeros((12, 12, 12), np.uint8)
+    box(gt, 4, (2, 2, 2), (6, 6, 6))
+    gt_dir, pred_dir = tmp_path / "labelsTr", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    _write(gt_dir / "case_0.nii.gz", gt)
+    _write(pred_dir / "case_0.nii.gz", gt)
+    (tmp_path / "dataset.json").write_text(json.dumps(brats.make_dataset_json(1, "Ped", kind="PED-2024")))
+
+    refused = _cli("evaluate", str(pred_dir), str(gt_dir), "-o", str(tmp_path / "eval"), "--task", "GLI-POST")
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "PED-2024" in refused.stderr and "--task PED-2024" in refused.stderr
+    assert not (tmp_path / "eval").exists()
+    # the kind's own task scores it
+    ok = _cli("evaluate", str(pred_dir), str(gt_dir), "-o", str(tmp_path / "eval"), "-np", "1", "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["dataset_kind"] == "PED-2024"

@@ -10,7 +10,7 @@ HELP = "compare evaluated runs: Markdown/CSV table (Dice and HD95 per region, me
 DESCRIPTION = (
     "Each RUN is an output folder of `nnunet-kd evaluate`, optionally named NAME=PATH (default name: the\n"
     "folder name). The regions are those the runs were scored for (their dataset kind: ET, TC, WT; for GLI-POST\n"
-    "also NETC, SNFH, RC). Writes into OUT: comparison.md / comparison.csv (rows = runs), dice_distribution.png\n"
+    "also NETC, SNFH, RC; for PED-2024 also NETC, CC, ED). Writes into OUT: comparison.md / comparison.csv (rows = runs), dice_distribution.png\n"
     "and hd95_distribution.png (per-region violin/box plots across cases), overlays/<run>.png (FLAIR slice with\n"
     "reference and predicted contours of the best/median/worst case, needs --images), training_<name>.png\n"
     "for each --training-log fold folder, and report.md tying them together. A run evaluated with\n"

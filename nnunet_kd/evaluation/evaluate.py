@@ -161,6 +161,15 @@ class EvaluationSettings:
         if procedure not in LESION_PROCEDURES:
             raise ConfigurationError(f"unknown lesion-wise procedure '{procedure}'; expected one of "
                                      f"{', '.join(LESION_PROCEDURES)}")
+        if procedure == lesionwise_2024.PROCEDURE:
+            post = brats.get_kind(lesionwise_2024.TASK).eval_regions
+            own = brats.get_kind(self.kind).eval_regions
+            if any(post.get(region) != labels for region, labels in own.items()):
+                raise ConfigurationError(
+                    f"the BraTS 2024 post-treatment lesion-wise procedure (task {lesionwise_2024.TASK}) is defined "
+                    f"for the regions {', '.join(post)} of post-treatment glioma labels; dataset kind "
+                    f"{brats.get_kind(self.kind).name} scores {', '.join(own)} with other labels: use its own "
+                    f"task (--task {brats.get_kind(self.kind).task})")
         if self.lesion_hd95_penalty is None:
             object.__setattr__(self, "lesion_hd95_penalty", lesionwise_2024.HD95_PENALTY_MM
                                if procedure == lesionwise_2024.PROCEDURE else lesionwise.LESION_HD95_PENALTY_MM)

@@ -42,6 +42,7 @@ from nnunet_kd.evaluation.evaluate import (
     SUMMARY_JSON,
     EvaluationSettings,
     evaluate_folders,
+    lesion_wise_parameters,
     load_evaluation,
     resolve_kind,
 )
@@ -229,7 +230,10 @@ def _evaluation_matches(eval_dir: Path, gt_dir: Path, settings: EvaluationSettin
     except InputDataError:
         return None
     wanted = {"gt_dir": str(gt_dir.resolve()), "pred_convention": settings.pred_convention,
-              "gt_convention": settings.gt_convention, "dataset_kind": settings.kind}
+              "gt_convention": settings.gt_convention, "dataset_kind": settings.kind,
+              "hd95_empty_penalty_mm": settings.hd95_penalty,
+              # the lesion-wise procedure and every parameter of it (a JSON round trip: tuples become lists)
+              "lesion_wise": json.loads(json.dumps(lesion_wise_parameters(settings)))}
     return summary if all(summary.get(k) == v for k, v in wanted.items()) else None
 
 
