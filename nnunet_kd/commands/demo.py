@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "demo"
-HELP = "run the whole workflow on synthetic data on a CPU (6.5 minutes measured on a quiet 2-core VM)"
+HELP = "run the whole workflow on synthetic data on a CPU (6 minutes measured on a quiet 2-core VM)"
 DESCRIPTION = (
     "Synthesises BraTS-like cases, converts them, runs nnUNetv2_plan_and_preprocess, trains the teacher-student\n"
     "KD trainer (nnUNetTrainerBarlowKD_demo: about 4 minutes of training, sized from a measured step), exports\n"
