@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,16 +288,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
 
 
-def test_cli_evaluate_uses_the_2024_procedure_for_gli_post(tmp_path):
+def _write_folder_pair(tmp_path: Path, pred: np.ndarray, gt: np.ndarray, kind: str) -> tuple[Path, Path]:
+    """One case as ``tmp_path/pred`` and ``tmp_path/labelsTr``, with a dataset.json of ``kind`` above them."""
     from nnunet_kd import brats
 
-    pred, gt = touching_tissues_case()
     gt_dir, pred_dir = tmp_path / "labelsTr", tmp_path / "pred"
     gt_dir.mkdir()
     pred_dir.mkdir()
     _write(gt_dir / "case_0.nii.gz", gt)
     _write(pred_dir / "case_0.nii.gz", pred)
-    (tmp_path / "dataset.json").write_text(json.dumps(brats.make_dataset_json(1, "Post", kind="GLI-POST")))
+    (tmp_path / "dataset.json").write_text(json.dumps(brats.make_dataset_json(1, kind.title(), kind=kind)))
+    return pred_dir, gt_dir
+
+
+def test_cli_evaluate_uses_the_2024_procedure_for_gli_post(tmp_path):
+    pred, gt = touching_tissues_case()
+    pred_dir, gt_dir = _write_folder_pair(tmp_path, pred, gt, "GLI-POST")
 
     result = _cli("evaluate", str(pred_dir), str(gt_dir), "-o", str(tmp_path / "eval"), "-np", "1", "--no-progress")
     assert result.returncode == 0, result.stderr
@@ -325,16 +332,9 @@ def test_cli_evaluate_uses_the_2024_procedure_for_gli_post(tmp_path):
 def test_cli_refuses_the_2024_procedure_for_a_kind_with_other_region_labels(tmp_path):
     """PED-2024's WT/TC include label 4 (the cyst): the post-treatment procedure would score other regions than the
     kind's, so ``--task GLI-POST`` on it stops in one line before anything is written."""
-    from nnunet_kd import brats
-
     gt = np.zeros((12, 12, 12), np.uint8)
     box(gt, 4, (2, 2, 2), (6, 6, 6))
-    gt_dir, pred_dir = tmp_path / "labelsTr", tmp_path / "pred"
-    gt_dir.mkdir()
-    pred_dir.mkdir()
-    _write(gt_dir / "case_0.nii.gz", gt)
-    _write(pred_dir / "case_0.nii.gz", gt)
-    (tmp_path / "dataset.json").write_text(json.dumps(brats.make_dataset_json(1, "Ped", kind="PED-2024")))
+    pred_dir, gt_dir = _write_folder_pair(tmp_path, gt, gt, "PED-2024")
 
     refused = _cli("evaluate", str(pred_dir), str(gt_dir), "-o", str(tmp_path / "eval"), "--task", "GLI-POST")
     assert refused.returncode == 2, refused.stderr
